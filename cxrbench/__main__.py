@@ -1,0 +1,5 @@
+import sys
+
+from cxrbench.benchmark.cli import main
+
+sys.exit(main())

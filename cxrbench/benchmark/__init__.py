@@ -1,0 +1,1 @@
+"""The benchmark: CLI, profiles, pretraining, protocols, run records."""

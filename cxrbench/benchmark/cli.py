@@ -1,0 +1,214 @@
+"""The ``bench`` command line (also ``python -m cxrbench``).
+
+Every argument is validated before anything is written: bad input gives one line naming the
+bad value and the valid choices, exit code 2, and no files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """Bad input: reported as one line, exit code 2."""
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _check_choices(kind: str, requested: list[str], valid: list[str]) -> None:
+    for item in requested:
+        if item not in valid:
+            raise CliError(f"unknown {kind} {item!r}; valid: {', '.join(valid)}")
+
+
+def _parse_fractions(text: str) -> list[float]:
+    fractions = []
+    for item in _csv(text):
+        try:
+            value = float(item)
+        except ValueError:
+            raise CliError(f"label fraction {item!r} is not a number; expected percentages in (0, 100], e.g. 1,10,100") from None
+        if not 0 < value <= 100:
+            raise CliError(f"label fraction {item} is outside (0, 100]; expected percentages such as 1,10,100")
+        fractions.append(value)
+    if not fractions:
+        raise CliError("--fractions is empty; expected percentages in (0, 100], e.g. 1,10,100")
+    return fractions
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(item) for item in _csv(text)]
+    except ValueError:
+        raise CliError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1") from None
+    if not seeds:
+        raise CliError("--seeds is empty; expected comma-separated integers, e.g. 0,1")
+    return seeds
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """Fail early if ``path`` cannot be created or written, without creating anything."""
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{flag} {path}: exists and is not a directory")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise CliError(f"{flag} {path}: not writable ({probe} does not accept new files)")
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CliError(f"--device {name}: CUDA is not available on this machine; valid: auto, cpu")
+    return torch.device(name)
+
+
+def command_list(args) -> int:
+    from cxrbench.benchmark.profiles import available_profiles, load_profile
+    from cxrbench.benchmark.protocols import PROTOCOLS
+    from cxrbench.datasets import DATASET_ORIGINS, DATASETS, available_datasets
+    from cxrbench.methods import METHOD_ORIGINS, available_methods, get_method
+
+    rows = []
+    if args.what in ("methods", "all"):
+        for name in available_methods():
+            cls = get_method(name)
+            rows.append(("method", name, cls.description, METHOD_ORIGINS.get(name, "?")))
+    if args.what in ("datasets", "all"):
+        for name in available_datasets():
+            rows.append(("dataset", name, DATASETS.get(name)().description, DATASET_ORIGINS.get(name, "?")))
+    if args.what in ("profiles", "all"):
+        for name in available_profiles():
+            rows.append(("profile", name, load_profile(name)["description"], "built-in"))
+    if args.what in ("protocols", "all"):
+        for name, protocol in PROTOCOLS.items():
+            rows.append(("protocol", name, protocol.description, "built-in"))
+    from tabulate import tabulate
+
+    headers = ["kind", "name", "description", "origin"] if args.what == "all" else ["name", "description", "origin"]
+    print(tabulate([row if args.what == "all" else row[1:] for row in rows], headers=headers, tablefmt="simple"))
+    return 0
+
+
+def command_run(args) -> int:
+    from cxrbench.benchmark.profiles import available_profiles, load_profile
+    from cxrbench.benchmark.protocols import PROTOCOLS
+    from cxrbench.benchmark.runner import Runner, plan_cells
+    from cxrbench.datasets import available_datasets
+    from cxrbench.methods import available_methods
+
+    methods_known = available_methods()
+    methods = methods_known if args.methods == "all" else _csv(args.methods)
+    if not methods:
+        raise CliError(f"--methods is empty; valid: all, {', '.join(methods_known)}")
+    _check_choices("method", methods, methods_known)
+    _check_choices("profile", [args.profile], available_profiles())
+    protocols = list(PROTOCOLS) if args.protocol == "all" else _csv(args.protocol)
+    _check_choices("protocol", protocols, list(PROTOCOLS) + ["all"])
+    profile = load_profile(args.profile)
+    evaluation = profile["evaluation"]
+    datasets = _csv(args.datasets) if args.datasets else list(evaluation["datasets"])
+    _check_choices("dataset", datasets, available_datasets())
+    fractions = _parse_fractions(args.fractions) if args.fractions else [float(f) for f in evaluation["fractions"]]
+    seeds = _parse_seeds(args.seeds) if args.seeds else [int(s) for s in evaluation["seeds"]]
+    if args.pretrain_dataset:
+        _check_choices("pretraining dataset", [args.pretrain_dataset], available_datasets())
+        profile["pretrain"]["dataset"] = args.pretrain_dataset
+    out_dir = Path(args.out) if args.out else Path("results") / args.profile
+    _check_writable(out_dir, "--out")
+    device = _device(args.device)
+
+    cells = plan_cells(methods, datasets, protocols, fractions, seeds)
+    print(f"bench run: {len(methods)} method(s) x {len(datasets)} dataset(s) x {len(protocols)} protocol(s) x "
+          f"{len(fractions)} fraction(s) x {len(seeds)} seed(s) = {len(cells)} cells; profile {args.profile}; "
+          f"records in {out_dir}", flush=True)
+    started = time.perf_counter()
+    runner = Runner(profile, out_dir, device)
+    written = runner.run(cells)
+    print(f"bench run: {len(written)} new record(s) in {time.perf_counter() - started:.0f}s; "
+          f"render tables with: bench report --results {out_dir} --out reports/{out_dir.name}")
+    return 0
+
+
+def command_report(args) -> int:
+    from cxrbench.reports.tables import ReportError, write_report
+
+    results = Path(args.results)
+    if not results.is_dir():
+        raise CliError(f"--results {results}: no such directory (expected the --out of `bench run`)")
+    out_dir = Path(args.out) if args.out else Path("reports") / results.name
+    _check_writable(out_dir, "--out")
+    try:
+        written = write_report(results, out_dir)
+    except ReportError as error:
+        raise CliError(str(error)) from None
+    for path in written:
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="cxrbench: pretrain self-supervised methods on chest X-rays and evaluate them under one protocol.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    listing = commands.add_parser("list", help="list methods, datasets, profiles or protocols",
+                                  description="List what is registered, with a one-line description and its origin "
+                                              "(built-in, or the plugin package it came from).")
+    listing.add_argument("what", nargs="?", default="all", choices=["methods", "datasets", "profiles", "protocols", "all"])
+    listing.set_defaults(handler=command_list)
+
+    run = commands.add_parser(
+        "run", help="pretrain methods and evaluate every (method, dataset, protocol, fraction, seed) cell",
+        description="Pretrain each method once, then evaluate every cell; one JSON record per cell under OUT/cells. "
+                    "Cells that already have a record are skipped, so re-running resumes. Defaults come from the profile.",
+    )
+    run.add_argument("--methods", default="all", help="'all' or comma-separated names (see `bench list methods`); default: all")
+    run.add_argument("--protocol", default="finetune", help="frozen, finetune, or all; default: finetune")
+    run.add_argument("--datasets", help="comma-separated evaluation datasets; default: the profile's")
+    run.add_argument("--pretrain-dataset", help="dataset the SSL methods pretrain on; default: the profile's (phantom-nih)")
+    run.add_argument("--fractions", help="label fractions in percent, e.g. 1,10,100; default: the profile's")
+    run.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1; default: the profile's")
+    run.add_argument("--profile", default="quick", help="smoke, quick or paper (see `bench list profiles`); default: quick")
+    run.add_argument("--out", help="directory for the run records; default: results/PROFILE")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N; default: auto")
+    run.set_defaults(handler=command_run)
+
+    report = commands.add_parser("report", help="render paper-style tables from run records",
+                                 description="Render Table I (fine-tune) and Table II (frozen) as Markdown and CSV from "
+                                             "the records of `bench run`. Reads records only; never trains.")
+    report.add_argument("--results", required=True, help="a `bench run --out` directory")
+    report.add_argument("--out", help="directory for the tables; default: reports/NAME")
+    report.set_defaults(handler=command_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except CliError as error:
+        print(f"bench {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"bench {args.command}: interrupted; finished cells keep their records, re-run to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

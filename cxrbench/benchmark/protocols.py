@@ -1,0 +1,198 @@
+"""Evaluation protocols: ``frozen`` (linear probe) and ``finetune`` (whole network).
+
+Both select on the validation split and touch the test split exactly once, with the
+selected model. A protocol receives an encoder state dict and a prepared dataset; it never
+knows which method produced the encoder.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from cxrbench.benchmark.metrics import auroc_per_class
+from cxrbench.datasets.prepared import PreparedDataset
+from cxrbench.methods.augment import ViewRecipe, augment
+from cxrbench.methods.backbone import FEATURE_DIM, resnet18_encoder, to_model_input
+
+
+@dataclass
+class ProtocolResult:
+    metrics: dict
+    selection: dict
+    num_train_images: int
+    test_scores: np.ndarray
+    test_targets: np.ndarray
+    test_image_ids: list[str]
+    timing: dict = field(default_factory=dict)
+
+
+def load_encoder(state_dict: dict, device: torch.device) -> nn.Module:
+    encoder = resnet18_encoder()
+    missing, unexpected = encoder.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"encoder state dict does not match ResNet-18: missing {missing}, unexpected {unexpected}")
+    return encoder.to(device)
+
+
+def _as_input(images_uint8: np.ndarray, device: torch.device) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).to(device).float().div_(255.0)
+    return to_model_input(x.unsqueeze(1))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Model outputs for uint8 images (N, H, W), in eval mode, batched."""
+    was_training = model.training
+    model.eval()
+    outputs = [model(_as_input(images[start : start + batch_size], device)).float().cpu() for start in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(outputs).numpy()
+
+
+class FrozenProtocol:
+    """Linear probe on frozen features.
+
+    Features are computed once per (encoder, dataset) by the caller's cache and standardised
+    with the training-subset statistics (an affine map, so still a linear probe; it only
+    conditions the optimisation). A logistic-regression layer is trained with Adam for each
+    learning rate of the profile's grid; the (learning rate, epoch) with the best validation
+    mean AUROC is selected and evaluated once on test.
+    """
+
+    name = "frozen"
+    description = "linear classifier on a frozen encoder (features cached per encoder)"
+
+    def run(self, encoder_state: dict, dataset: PreparedDataset, label_fraction: float, seed: int,
+            config: dict, device: torch.device, shared: dict[str, np.ndarray]) -> ProtocolResult:
+        started = time.perf_counter()
+        train = dataset.label_fraction_positions(label_fraction, seed)
+        val, test = dataset.split_positions("val"), dataset.split_positions("test")
+        x_all = torch.from_numpy(shared["features"])
+        mean = x_all[train].mean(0, keepdim=True)
+        std = x_all[train].std(0, keepdim=True).nan_to_num(1.0).clamp(min=1e-6) if len(train) > 1 else torch.ones_like(mean)
+        x = (x_all - mean) / std
+        y_train = torch.from_numpy(dataset.targets(train))
+        y_val = dataset.targets(val)
+        best = {"val_mean_auroc": -1.0}
+        for learning_rate in config["learning_rates"]:
+            generator = torch.Generator().manual_seed(seed)
+            layer = nn.Linear(x.shape[1], len(dataset.label_columns))
+            with torch.no_grad():
+                layer.weight.normal_(0, 0.01, generator=generator)
+                layer.bias.zero_()
+            optimizer = torch.optim.Adam(layer.parameters(), lr=learning_rate, weight_decay=config["weight_decay"])
+            batch_size = config["batch_size"]
+            eval_every = max(1, config["epochs"] // 20)
+            for epoch in range(1, config["epochs"] + 1):
+                order = torch.randperm(len(train), generator=generator)
+                for start in range(0, len(train), batch_size):
+                    chunk = order[start : start + batch_size]
+                    loss = F.binary_cross_entropy_with_logits(layer(x[train][chunk]), y_train[chunk])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                if epoch % eval_every == 0 or epoch == config["epochs"]:
+                    with torch.no_grad():
+                        val_scores = layer(x[val]).numpy()
+                    score = auroc_per_class(y_val, val_scores, dataset.label_columns)["mean_auroc"] or 0.0
+                    if score > best["val_mean_auroc"]:
+                        best = {"val_mean_auroc": score, "learning_rate": learning_rate, "epoch": epoch,
+                                "state": copy.deepcopy(layer.state_dict())}
+        trained = time.perf_counter()
+        layer.load_state_dict(best.pop("state"))
+        with torch.no_grad():
+            test_scores = torch.sigmoid(layer(x[test])).numpy()
+        test_targets = dataset.targets(test)
+        return ProtocolResult(
+            metrics=auroc_per_class(test_targets, test_scores, dataset.label_columns),
+            selection=best,
+            num_train_images=len(train),
+            test_scores=test_scores,
+            test_targets=test_targets,
+            test_image_ids=dataset.index["image_id"].iloc[test].tolist(),
+            timing={"train_s": trained - started, "test_s": time.perf_counter() - trained},
+        )
+
+    def prepare_shared(self, encoder_state: dict, dataset: PreparedDataset, device: torch.device) -> dict:
+        """Pooled encoder features of every image, computed once per (encoder, dataset)."""
+        encoder = load_encoder(encoder_state, device)
+        return {"features": predict(encoder, dataset.images, device)}
+
+
+class FinetuneProtocol:
+    """Encoder + linear head trained end to end.
+
+    Adam with the profile's learning rate and weight decay and a fixed budget of
+    ``max_steps`` optimiser steps, the same for every label fraction (cells then differ
+    only in the labels they see; small subsets are revisited for many epochs),
+    light augmentation (random resized crop, no flip: heart side is anatomy). The validation
+    mean AUROC is measured every ``eval_every`` steps and the best checkpoint is kept (early
+    stopping by selection); test is evaluated once, on that checkpoint.
+    """
+
+    name = "finetune"
+    description = "encoder and linear head trained end to end, best validation checkpoint"
+
+    def prepare_shared(self, encoder_state, dataset, device):
+        return None  # every cell trains its own copy of the encoder
+
+    def run(self, encoder_state: dict, dataset: PreparedDataset, label_fraction: float, seed: int,
+            config: dict, device: torch.device, shared=None) -> ProtocolResult:
+        started = time.perf_counter()
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        train = dataset.label_fraction_positions(label_fraction, seed)
+        val, test = dataset.split_positions("val"), dataset.split_positions("test")
+        model = nn.Sequential(load_encoder(encoder_state, device), nn.Linear(FEATURE_DIM, len(dataset.label_columns))).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
+        batch_size = min(config["batch_size"], len(train))
+        total_steps = int(config["max_steps"])
+        recipe = ViewRecipe(crop_scale=tuple(config["crop_scale"]), flip_probability=0.0, jitter_probability=0.0, blur_probability=0.0)
+        train_images = torch.from_numpy(np.ascontiguousarray(dataset.images[train]))
+        train_targets = torch.from_numpy(dataset.targets(train)).to(device)
+        val_targets = dataset.targets(val)
+        size = dataset.image_size
+        best = {"val_mean_auroc": -1.0}
+        order, position = torch.randperm(len(train), generator=generator), 0
+        model.train()
+        for step in tqdm(range(1, total_steps + 1), desc="finetune", unit="step", leave=False, disable=None):
+            if position + batch_size > len(train):
+                order, position = torch.randperm(len(train), generator=generator), 0
+            chunk = order[position : position + batch_size]
+            position += batch_size
+            views = augment(train_images[chunk].to(device), recipe, size, generator if device.type == "cpu" else None)
+            loss = F.binary_cross_entropy_with_logits(model(to_model_input(views)), train_targets[chunk.to(device)])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step % config["eval_every"] == 0 or step == total_steps:
+                val_scores = predict(model, dataset.images[val], device)
+                score = auroc_per_class(val_targets, val_scores, dataset.label_columns)["mean_auroc"] or 0.0
+                if score > best["val_mean_auroc"]:
+                    best = {"val_mean_auroc": score, "step": step,
+                            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        trained = time.perf_counter()
+        model.load_state_dict(best.pop("state"))
+        test_scores = 1 / (1 + np.exp(-predict(model, dataset.images[test], device)))
+        test_targets = dataset.targets(test)
+        best["total_steps"] = total_steps
+        return ProtocolResult(
+            metrics=auroc_per_class(test_targets, test_scores, dataset.label_columns),
+            selection=best,
+            num_train_images=len(train),
+            test_scores=test_scores,
+            test_targets=test_targets,
+            test_image_ids=dataset.index["image_id"].iloc[test].tolist(),
+            timing={"train_s": trained - started, "test_s": time.perf_counter() - trained},
+        )
+
+
+PROTOCOLS = {protocol.name: protocol for protocol in (FrozenProtocol(), FinetuneProtocol())}

@@ -1,0 +1,206 @@
+"""The protocol runner: pretrain each method once, then evaluate every cell.
+
+A cell is (method, dataset, protocol, label fraction, seed); its result is one JSON record
+under ``OUT/cells/`` (plus its test predictions, compressed, beside it). Records are written
+atomically as each cell finishes, and a cell that already has a record is skipped, so an
+interrupted run loses at most the cell in progress and re-running the same command never
+writes a duplicate. The pretrained encoder of each method is stored once under
+``OUT/pretrain/`` and reused by every cell.
+
+The runner knows methods and protocols only through their interfaces: it never branches
+on a method's or a protocol's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cxrbench.benchmark.pretrain import pretrain
+from cxrbench.benchmark.protocols import PROTOCOLS
+from cxrbench.benchmark.records import atomic_torch_save, atomic_write_bytes, atomic_write_json, environment, now, read_json
+from cxrbench.datasets import DATASETS, PreparedDataset
+from cxrbench.methods import get_method
+from cxrbench.methods.base import Method
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    dataset: str
+    protocol: str
+    label_fraction: float
+    seed: int
+
+    @property
+    def record_name(self) -> str:
+        fraction = f"{self.label_fraction:g}".replace(".", "p")
+        return f"{self.method}__{self.dataset}__{self.protocol}__{fraction}pct__seed{self.seed}"
+
+
+def plan_cells(methods, datasets, protocols, label_fractions, seeds) -> list[Cell]:
+    return [
+        Cell(method, dataset, protocol, float(fraction), int(seed))
+        for method in methods
+        for dataset in datasets
+        for protocol in protocols
+        for fraction in label_fractions
+        for seed in seeds
+    ]
+
+
+class Runner:
+    def __init__(self, profile: dict, out_dir: Path, device: torch.device, echo: Callable[[str], None] = tqdm.write):
+        self.profile = profile
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.echo = echo
+        self._datasets: dict[str, PreparedDataset] = {}
+        self._environment = environment(device)
+
+    # --- data
+
+    def dataset(self, name: str) -> PreparedDataset:
+        if name not in self._datasets:
+            self._datasets[name] = DATASETS.get(name)().load(self.profile["data"])
+        return self._datasets[name]
+
+    # --- paths
+
+    def cell_path(self, cell: Cell) -> Path:
+        return self.out_dir / "cells" / f"{cell.record_name}.json"
+
+    def pretrain_dir(self, method: str, dataset: str) -> Path:
+        return self.out_dir / "pretrain" / f"{method}__{dataset}"
+
+    # --- stages
+
+    def build_method(self, name: str) -> Method:
+        cls = get_method(name)
+        hyperparameters = cls.resolve_hyperparameters(self.profile.get("methods", {}).get(name))
+        return cls(hyperparameters)
+
+    def pretrained_encoder(self, method_name: str) -> tuple[dict, dict]:
+        """Pretrain once (or reuse the stored encoder); returns (state dict, pretrain record)."""
+        settings = self.profile["pretrain"]
+        directory = self.pretrain_dir(method_name, settings["dataset"])
+        record_path, encoder_path = directory / "record.json", directory / "encoder.pth"
+        if record_path.is_file() and encoder_path.is_file():
+            return torch.load(encoder_path, map_location="cpu", weights_only=True), read_json(record_path)
+        method = self.build_method(method_name)
+        dataset = self.dataset(settings["dataset"])
+        seed = int(settings.get("seed", 0))
+        result = pretrain(
+            method, dataset,
+            batch_size=int(settings["batch_size"]), epochs=float(settings["epochs"]),
+            max_steps=settings.get("max_steps"), seed=seed, device=self.device,
+            description=f"pretrain {method_name}",
+        )
+        record = {
+            "method": method_name,
+            "pretrain_dataset": settings["dataset"],
+            "seed": seed,
+            "hyperparameters": dataclasses.asdict(method.hparams),
+            "pretrain_settings": settings,
+            "steps": result.steps,
+            "epochs": result.epochs,
+            "seconds": result.seconds,
+            "history": result.history,
+            "environment": self._environment,
+            "created": now(),
+        }
+        # encoder first, record last: a record only exists next to a complete encoder
+        atomic_torch_save(encoder_path, result.encoder_state_dict)
+        atomic_write_json(record_path, record)
+        last = result.history[-1] if result.history else {}
+        self.echo(f"pretrained {method_name} on {settings['dataset']}: {result.steps} steps in {result.seconds:.1f}s, final loss {last.get('loss', float('nan')):.4f}")
+        return result.encoder_state_dict, record
+
+    def run(self, cells: list[Cell]) -> list[dict]:
+        """Evaluate every cell without a record; returns the records written this run."""
+        pending = [cell for cell in cells if not self.cell_path(cell).is_file()]
+        skipped = len(cells) - len(pending)
+        if skipped:
+            self.echo(f"{skipped} of {len(cells)} cells already have a record in {self.out_dir}: skipped")
+        written = []
+        by_method: dict[str, list[Cell]] = {}
+        for cell in pending:
+            by_method.setdefault(cell.method, []).append(cell)
+        progress = tqdm(total=len(pending), desc="cells", unit="cell", disable=None)
+        for method_name, method_cells in by_method.items():
+            method_cls = get_method(method_name)
+            if method_cls.pretrains:
+                pretrained_state, pretrain_record = self.pretrained_encoder(method_name)
+            else:
+                pretrained_state, pretrain_record = None, None
+            shared_cache: dict = {}
+            for cell in method_cells:
+                written.append(self._run_cell(cell, method_cls, pretrained_state, pretrain_record, shared_cache))
+                progress.update(1)
+        progress.close()
+        return written
+
+    def _run_cell(self, cell: Cell, method_cls, pretrained_state, pretrain_record, shared_cache) -> dict:
+        protocol = PROTOCOLS[cell.protocol]
+        dataset = self.dataset(cell.dataset)
+        if pretrained_state is not None:
+            encoder_state, encoder_key = pretrained_state, "pretrained"
+        else:
+            # no pretraining stage: the encoder is the method's initialisation, drawn per seed
+            torch.manual_seed(cell.seed)
+            encoder_state, encoder_key = method_cls(method_cls.resolve_hyperparameters(None)).export_encoder(), f"init-seed{cell.seed}"
+        started = time.perf_counter()
+        cache_key = (encoder_key, cell.dataset, cell.protocol)
+        if cache_key not in shared_cache:
+            shared_cache[cache_key] = protocol.prepare_shared(encoder_state, dataset, self.device)
+        shared_seconds = time.perf_counter() - started
+        config = self.profile["evaluation"][cell.protocol]
+        result = protocol.run(encoder_state, dataset, cell.label_fraction, cell.seed, config, self.device, shared_cache[cache_key])
+        predictions_name = f"{cell.record_name}.predictions.npz"
+        record = {
+            "cell": dataclasses.asdict(cell),
+            "method_display_name": method_cls.display_name,
+            "method_is_baseline": method_cls.is_baseline,
+            "pretrain_dataset": pretrain_record["pretrain_dataset"] if pretrain_record else None,
+            "task": dataset.task,
+            "label_columns": dataset.label_columns,
+            "num_train_images": result.num_train_images,
+            "metrics": result.metrics,
+            "selection": result.selection,
+            "timing": {
+                "pretrain_s": pretrain_record["seconds"] if pretrain_record else 0.0,
+                "shared_s": shared_seconds,
+                **result.timing,
+            },
+            "config": {
+                "profile": self.profile,
+                "protocol": config,
+                "method_hyperparameters": pretrain_record["hyperparameters"] if pretrain_record else {},
+            },
+            "pretrain_record": str(self.pretrain_dir(cell.method, pretrain_record["pretrain_dataset"]).relative_to(self.out_dir)) if pretrain_record else None,
+            "predictions_file": predictions_name,
+            "environment": self._environment,
+            "created": now(),
+        }
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, scores=result.test_scores.astype(np.float32), targets=result.test_targets.astype(np.uint8),
+                            image_ids=np.array(result.test_image_ids))
+        # predictions first, record last: the record is what marks the cell done
+        atomic_write_bytes(self.cell_path(cell).with_name(predictions_name), buffer.getvalue())
+        atomic_write_json(self.cell_path(cell), record)
+        mean = result.metrics["mean_auroc"]
+        self.echo(
+            f"{cell.method:>10} {cell.dataset:>14} {cell.protocol:>8} {cell.label_fraction:>5g}% seed {cell.seed}: "
+            f"mean AUROC {mean:.4f} (val {result.selection['val_mean_auroc']:.4f}, n={result.num_train_images}, "
+            f"{result.timing['train_s'] + shared_seconds:.1f}s)" if mean is not None else
+            f"{cell.record_name}: mean AUROC undefined (no test positives)"
+        )
+        return record

@@ -1,0 +1,142 @@
+"""The prepared-directory format every dataset is read from.
+
+A prepared directory is what ``bench prepare`` writes for a real dataset and what the
+phantom generator writes for the built-in data, so the protocols read one format only:
+
+* ``index.csv``     one row per image, in array order: ``image_id``, ``patient_id``,
+                    ``split`` (train/val/test) and one 0/1 column per label;
+* ``images.npy``    uint8 array N x H x W (grayscale), read with ``mmap_mode="r"``;
+* ``masks.npy``     uint8 0/1 N x H x W, for segmentation sets only;
+* ``boxes.csv``     ``image_id, finding, x, y, w, h`` in pixels (optional);
+* ``manifest.json`` name, task, label columns, counts, options and the cxrbench version.
+
+The directory is built under a temporary name and renamed into place at the end, so an
+interrupted build never leaves a directory that passes as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """A prepared directory is missing, incomplete or inconsistent."""
+
+
+@dataclass
+class PreparedDataset:
+    root: Path
+    name: str
+    task: str  # multilabel | binary | segmentation
+    label_columns: list[str]
+    index: pd.DataFrame
+    images: np.ndarray
+    masks: np.ndarray | None
+
+    @classmethod
+    def load(cls, root: str | Path) -> "PreparedDataset":
+        root = Path(root)
+        manifest_path = root / "manifest.json"
+        if not manifest_path.is_file():
+            raise DatasetError(f"{root}: no manifest.json; expected a prepared dataset directory")
+        manifest = json.loads(manifest_path.read_text())
+        index = pd.read_csv(root / "index.csv", dtype={"image_id": str, "patient_id": str})
+        images = np.load(root / "images.npy", mmap_mode="r")
+        if len(index) != images.shape[0]:
+            raise DatasetError(f"{root}: index.csv has {len(index)} rows but images.npy has {images.shape[0]} images")
+        masks = np.load(root / "masks.npy", mmap_mode="r") if (root / "masks.npy").exists() else None
+        return cls(
+            root=root,
+            name=manifest["name"],
+            task=manifest["task"],
+            label_columns=list(manifest["label_columns"]),
+            index=index,
+            images=images,
+            masks=masks,
+        )
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def split_positions(self, split: str) -> np.ndarray:
+        """Array positions of one split, in array order."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return np.flatnonzero(self.index["split"].to_numpy() == split)
+
+    def targets(self, positions: np.ndarray) -> np.ndarray:
+        """Float32 label matrix (len(positions) x num_labels)."""
+        return self.index.iloc[positions][self.label_columns].to_numpy(dtype=np.float32)
+
+    def label_fraction_positions(self, label_fraction: float, seed: int) -> np.ndarray:
+        """Training positions for a label fraction (percent), nested across fractions.
+
+        One seeded permutation of the training split is drawn per seed and every fraction
+        takes a prefix of it, so the 1% subset is inside the 10% subset, which is inside
+        100%. At least one image is always kept.
+        """
+        if not 0 < label_fraction <= 100:
+            raise ValueError(f"label fraction {label_fraction} is outside (0, 100]")
+        train = self.split_positions("train")
+        order = np.random.default_rng(seed).permutation(len(train))
+        count = max(1, math.ceil(len(train) * label_fraction / 100))
+        return np.sort(train[order[:count]])
+
+
+def patient_disjoint_splits(patient_ids: list[str], seed: int, fractions=(0.7, 0.1, 0.2)) -> dict[str, str]:
+    """Assign every patient to train/val/test; all images of a patient share a split."""
+    unique = sorted(set(patient_ids))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    n_train = round(fractions[0] * len(unique))
+    n_val = round(fractions[1] * len(unique))
+    assignment = {}
+    for rank, position in enumerate(order):
+        split = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+        assignment[unique[position]] = split
+    return assignment
+
+
+def write_prepared(
+    destination: Path,
+    *,
+    manifest: dict,
+    index: pd.DataFrame,
+    images: np.ndarray,
+    masks: np.ndarray | None = None,
+    boxes: pd.DataFrame | None = None,
+) -> Path:
+    """Write a prepared directory atomically: build in a sibling temp dir, then rename."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        np.save(staging / "images.npy", images)
+        if masks is not None:
+            np.save(staging / "masks.npy", masks)
+        if boxes is not None:
+            boxes.to_csv(staging / "boxes.csv", index=False)
+        index.to_csv(staging / "index.csv", index=False)
+        counts = {split: int((index["split"] == split).sum()) for split in SPLITS}
+        manifest = {**manifest, "num_images": int(len(index)), "counts_per_split": counts}
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if destination.exists():
+            # Another process finished the same build first; builds are deterministic,
+            # so keep theirs rather than swapping a directory someone may be reading.
+            shutil.rmtree(staging)
+        else:
+            staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination

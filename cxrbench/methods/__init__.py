@@ -1,0 +1,7 @@
+"""Methods. Importing this package registers the built-in ones; plugins load on first use."""
+
+from cxrbench.methods import supervised, vicreg  # noqa: F401  (registration side effects)
+from cxrbench.methods.base import Method
+from cxrbench.methods.registry import METHOD_ORIGINS, METHODS, available_methods, get_method, register_method
+
+__all__ = ["METHODS", "METHOD_ORIGINS", "Method", "available_methods", "get_method", "register_method"]

@@ -1,0 +1,93 @@
+"""What every method is to the runner: a small, documented interface.
+
+The runner never branches on a method's name. It asks a method for
+
+* ``pretrains``           whether it has a self-supervised pretraining stage at all;
+* ``make_views(images)``  augmented views of a uint8 batch (B, H, W);
+* ``training_step(views)``  the loss and a dict of scalar logs;
+* ``build_optimizer(...)`` its optimiser (official choice: LARS, SGD, Adam ...);
+* ``after_optimizer_step(progress)``  hooks such as momentum-encoder updates;
+* ``encoder``             the torchvision ResNet-18 trunk it trains and exports.
+
+A method file adds its heads, its loss and its view recipe on top of this, nothing else.
+Hyperparameters are a dataclass per method whose defaults are the official values; a
+profile overrides them by name (``methods: {vicreg: {...}}``) and the resolved values are
+stored in every record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from cxrbench.methods.backbone import encoder_state_dict, resnet18_encoder
+
+
+class Method(nn.Module):
+    """Base class of every method, pretraining or not."""
+
+    # Filled in by the registry decorator.
+    name: ClassVar[str] = ""
+    # Shown in tables and listings.
+    display_name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    # Supervised baselines are the first rows of every table.
+    is_baseline: ClassVar[bool] = False
+    pretrains: ClassVar[bool] = True
+    Hyperparameters: ClassVar[type] = None  # a dataclass; official values as defaults
+
+    def __init__(self, hyperparameters: Any | None = None):
+        super().__init__()
+        self.hparams = hyperparameters if hyperparameters is not None else self.Hyperparameters()
+        self.encoder = resnet18_encoder(self.encoder_weights())
+
+    @classmethod
+    def resolve_hyperparameters(cls, overrides: dict | None) -> Any:
+        """The method's hyperparameters with a profile's overrides; unknown keys are an error."""
+        overrides = dict(overrides or {})
+        known = {f.name for f in dataclasses.fields(cls.Hyperparameters)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"{cls.name}: unknown hyperparameter(s) {unknown}; known: {sorted(known)}")
+        for field in dataclasses.fields(cls.Hyperparameters):
+            if field.name in overrides and isinstance(getattr(cls.Hyperparameters(), field.name), tuple):
+                overrides[field.name] = tuple(overrides[field.name])
+        return cls.Hyperparameters(**overrides)
+
+    def encoder_weights(self) -> str | None:
+        """Initial weights of the encoder: None (random) or "imagenet"."""
+        return None
+
+    def export_encoder(self) -> dict[str, torch.Tensor]:
+        return encoder_state_dict(self.encoder)
+
+    # --- the pretraining interface (methods with ``pretrains = False`` need none of it)
+
+    def make_views(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def training_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def build_optimizer(self, batch_size: int) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, progress: float) -> None:
+        """Called after every optimiser step with progress in [0, 1]; default: nothing."""
+
+
+def split_weight_decay(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Two parameter groups: weights with decay; biases and norm parameters without.
+
+    With lightly's LARS a group with ``weight_decay == 0`` is also excluded from the
+    layer-wise adaptation, which is what the official SimCLR/BYOL/VICReg code does.
+    """
+    decay, no_decay = [], []
+    for name, parameter in module.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,74 @@
+"""The method registry (mmengine Registry) and plugin discovery.
+
+Built-in methods register with the ``@register_method`` decorator. Third-party packages add
+methods without touching this repository by declaring an entry point in the group
+``cxrbench.methods``::
+
+    [project.entry-points."cxrbench.methods"]
+    my-method = "my_package.my_method:MyMethod"
+
+The entry point's name is the method's name; its object is a ``Method`` subclass (or a
+module that registers its methods itself when imported).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import warnings
+
+from mmengine.registry import Registry
+
+METHODS = Registry("cxrbench method")
+# name -> "built-in" or the distribution (pip package) it came from
+METHOD_ORIGINS: dict[str, str] = {}
+
+ENTRY_POINT_GROUP = "cxrbench.methods"
+_plugins_loaded = False
+
+
+def register_method(name: str, origin: str = "built-in"):
+    """Class decorator: register a ``Method`` subclass under ``name``."""
+
+    def decorate(cls):
+        cls.name = name
+        if not cls.display_name:
+            cls.display_name = name
+        METHODS.register_module(name=name, module=cls, force=origin != "built-in")
+        METHOD_ORIGINS[name] = origin
+        return cls
+
+    return decorate
+
+
+def load_plugins() -> None:
+    """Import every ``cxrbench.methods`` entry point once; a broken plugin is a warning."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        origin = entry_point.dist.name if entry_point.dist is not None else entry_point.value
+        try:
+            loaded = entry_point.load()
+        except Exception as error:  # a plugin must never take the whole suite down
+            warnings.warn(f"cxrbench: plugin method {entry_point.name!r} from {origin} failed to load: {error}")
+            continue
+        if inspect.isclass(loaded) and entry_point.name not in METHODS.module_dict:
+            register_method(entry_point.name, origin=origin)(loaded)
+        elif entry_point.name in METHOD_ORIGINS:
+            METHOD_ORIGINS[entry_point.name] = origin
+
+
+def available_methods() -> list[str]:
+    """Every registered method, built-in and plugin: baselines first, then by name."""
+    load_plugins()
+    return sorted(METHODS.module_dict, key=lambda name: (not METHODS.get(name).is_baseline, name))
+
+
+def get_method(name: str):
+    load_plugins()
+    cls = METHODS.get(name)
+    if cls is None:
+        raise KeyError(name)
+    return cls

@@ -159,6 +159,19 @@ def command_report(args) -> int:
     return 0
 
 
+def command_phantom(args) -> int:
+    from cxrbench.benchmark.profiles import available_profiles, load_profile
+    from cxrbench.reports.figures import phantom_samples_figure
+
+    _check_choices("profile", [args.profile], available_profiles())
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise CliError(f"--out {out}: expected a .png, .pdf or .svg file name")
+    _check_writable(out.parent, "--out")
+    print(phantom_samples_figure(load_profile(args.profile)["data"], out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench",
@@ -194,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--results", required=True, help="a `bench run --out` directory")
     report.add_argument("--out", help="directory for the tables; default: reports/NAME")
     report.set_defaults(handler=command_report)
+
+    phantom = commands.add_parser("phantom", help="draw sample phantom images with labels, boxes and masks",
+                                  description="Render a grid of sample images of every phantom dataset (generated on "
+                                              "first use into $CXRBENCH_CACHE) with their labels and finding boxes.")
+    phantom.add_argument("--out", default="docs/phantom-samples.png", help="image file (.png, .pdf, .svg)")
+    phantom.add_argument("--profile", default="quick", help="whose image size and dataset sizes to use; default: quick")
+    phantom.set_defaults(handler=command_phantom)
     return parser
 
 

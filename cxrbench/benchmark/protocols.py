@@ -43,7 +43,7 @@ def load_encoder(state_dict: dict, device: torch.device) -> nn.Module:
 
 
 def _as_input(images_uint8: np.ndarray, device: torch.device) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).to(device).float().div_(255.0)
+    x = torch.from_numpy(np.array(images_uint8)).to(device).float().div_(255.0)
     return to_model_input(x.unsqueeze(1))
 
 
@@ -77,7 +77,10 @@ class FrozenProtocol:
         val, test = dataset.split_positions("val"), dataset.split_positions("test")
         x_all = torch.from_numpy(shared["features"])
         mean = x_all[train].mean(0, keepdim=True)
-        std = x_all[train].std(0, keepdim=True).nan_to_num(1.0).clamp(min=1e-6) if len(train) > 1 else torch.ones_like(mean)
+        std = x_all[train].std(0, keepdim=True).nan_to_num(0.0) if len(train) > 1 else torch.zeros_like(mean)
+        # a feature constant on the labelled subset (a ReLU channel silent on 13 images) is
+        # left unscaled: dividing by its ~0 std would blow up its value on val and test
+        std = torch.where(std > 1e-6, std, torch.ones_like(std))
         x = (x_all - mean) / std
         y_train = torch.from_numpy(dataset.targets(train))
         y_val = dataset.targets(val)

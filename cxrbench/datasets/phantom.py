@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # Bumped whenever the rendering changes, so cached phantoms are regenerated.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 FINDINGS = (
     "atelectasis",
@@ -318,7 +318,7 @@ class _Renderer:
         vessels = np.zeros_like(x)
         for x0, y0, x1, y1, width in p.vessels:
             vessels = np.maximum(vessels, _soft_inside(_segment_distance(x, y, x0, y0, x1, y1) - width, 0.002))
-        vessel_layer = 0.07 * vessels * lung_field
+        vessel_layer = 0.09 * vessels * lung_field
         return attenuation, vessel_layer
 
     def _point_in_lung(self, lungs: list[np.ndarray], side: int, y_range=(0.2, 0.85)) -> tuple[float, float]:
@@ -342,9 +342,9 @@ class _Renderer:
         lung = lungs[side]
         if name == "nodule":
             cx, cy = self._point_in_lung(lungs, side)
-            radius = rng.uniform(0.012, 0.022)
+            radius = rng.uniform(0.014, 0.024)
             blob = np.exp(-(((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2)))
-            return 0.12 * blob * (lung > 0.3), blob > 0.3
+            return 0.16 * blob * (lung > 0.3), blob > 0.3
         if name == "mass":
             cx, cy = self._point_in_lung(lungs, side)
             radius = rng.uniform(0.03, 0.05)
@@ -352,14 +352,14 @@ class _Renderer:
             lobes = 1 + 0.15 * np.sin(3 * angle + rng.uniform(0, 6.3))
             d = np.hypot(x - cx, y - cy) / (radius * lobes) - 1
             mass = _soft_inside(d, 0.12)
-            return 0.14 * mass * (lung > 0.2), mass > 0.5
+            return 0.17 * mass * (lung > 0.2), mass > 0.5
         if name == "consolidation":
             cx, cy = self._point_in_lung(lungs, side, (0.3, 0.9))
             radius = rng.uniform(0.05, 0.08)
             region = _soft_inside(_ellipse_distance(x, y, cx, cy, radius, radius * rng.uniform(0.7, 1.3)), 0.25)
             patches = _smooth_noise(rng, x.shape, correlation_px=0.012 / self.pixel)
             texture = np.clip(0.6 + 0.5 * patches, 0, 1)
-            change = 0.16 * region * texture * lung
+            change = 0.22 * region * texture * lung
             return change, change > 0.04
         if name == "effusion":
             sign = (-1, 1)[side]
@@ -375,8 +375,8 @@ class _Renderer:
             tilt = rng.uniform(-0.35, 0.35)
             x0, y0 = cx - length * np.cos(tilt), cy - length * np.sin(tilt)
             x1, y1 = cx + length * np.cos(tilt), cy + length * np.sin(tilt)
-            plate = _soft_inside(_segment_distance(x, y, x0, y0, x1, y1) - rng.uniform(0.006, 0.01), 0.003)
-            return 0.13 * plate * (lung > 0.3), plate > 0.3
+            plate = _soft_inside(_segment_distance(x, y, x0, y0, x1, y1) - rng.uniform(0.008, 0.013), 0.003)
+            return 0.18 * plate * (lung > 0.3), plate > 0.3
         if name == "pneumothorax":
             # Air between lung and chest wall at the apex/lateral edge: no vessel markings,
             # slightly darker, bounded by a thin bright visceral pleural line.
@@ -390,7 +390,7 @@ class _Renderer:
             )
             gap = (lung > 0.5) & (collapsed > 0)
             pleural_line = _soft_inside(np.abs(collapsed) - 0.02, 0.01) * (lung > 0.5)
-            change = -0.05 * gap + 0.08 * pleural_line
+            change = -0.08 * gap + 0.1 * pleural_line
             return change, gap
         if name == "cardiomegaly":
             # handled through heart_scale in anatomy(); its support is the enlarged heart

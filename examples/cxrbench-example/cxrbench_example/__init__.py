@@ -1,0 +1,1 @@
+"""Example cxrbench plugin: RotNet (rotation prediction) as a pretraining method."""

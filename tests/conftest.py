@@ -1,0 +1,30 @@
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def phantom_cache(tmp_path_factory):
+    """One phantom cache for the whole test session, never the user's."""
+    cache = tmp_path_factory.mktemp("cxrbench-cache")
+    previous = os.environ.get("CXRBENCH_CACHE")
+    os.environ["CXRBENCH_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("CXRBENCH_CACHE", None)
+    else:
+        os.environ["CXRBENCH_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def smoke_profile():
+    from cxrbench.benchmark.profiles import load_profile
+
+    return load_profile("smoke")
+
+
+@pytest.fixture(scope="session")
+def smoke_nih(smoke_profile, phantom_cache):
+    from cxrbench.datasets import DATASETS
+
+    return DATASETS.get("phantom-nih")().load(smoke_profile["data"])

@@ -1,0 +1,74 @@
+"""The command line: bad input is one clear line, exit code 2, and nothing written."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cxrbench.benchmark.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--methods", "simclr-typo"], "simclr-typo"),
+        (["--methods", "vicreg", "--datasets", "phantom-mnist"], "phantom-mnist"),
+        (["--methods", "vicreg", "--profile", "huge"], "huge"),
+        (["--methods", "vicreg", "--protocol", "probe"], "probe"),
+        (["--methods", "vicreg", "--fractions", "0"], "0"),
+        (["--methods", "vicreg", "--fractions", "150"], "150"),
+        (["--methods", "vicreg", "--fractions", "ten"], "ten"),
+        (["--methods", "vicreg", "--seeds", "a"], "a"),
+    ],
+)
+def test_bad_run_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, argv, named):
+    out = tmp_path / "results"
+    profile = [] if "--profile" in argv else ["--profile", "smoke"]
+    code, stdout, stderr = run_cli(capsys, "run", *argv, *profile, "--out", str(out))
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0]
+    assert "valid" in lines[0] or "expected" in lines[0]
+    assert not out.exists()
+
+
+def test_unknown_method_lists_the_valid_choices(capsys, tmp_path):
+    code, _, stderr = run_cli(capsys, "run", "--methods", "nope", "--out", str(tmp_path / "r"))
+    assert code == 2 and "vicreg" in stderr and "sup1" in stderr
+
+
+def test_unwritable_out_is_rejected_before_any_work(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, _, stderr = run_cli(capsys, "run", "--methods", "vicreg", "--profile", "smoke", "--out", str(blocker / "sub"))
+    assert code == 2 and str(blocker) in stderr
+    if os.geteuid() != 0:  # root can write anywhere, so the permission case needs a normal user
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        code, _, stderr = run_cli(capsys, "run", "--methods", "vicreg", "--profile", "smoke", "--out", str(locked / "r"))
+        assert code == 2 and "not writable" in stderr
+
+
+def test_report_on_a_missing_directory_is_a_clear_error(capsys, tmp_path):
+    code, _, stderr = run_cli(capsys, "report", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "rep"))
+    assert code == 2 and "none" in stderr and not (tmp_path / "rep").exists()
+
+
+def test_every_subcommand_has_help():
+    for command in ("list", "run", "report"):
+        result = subprocess.run([sys.executable, "-m", "cxrbench", command, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "usage: bench" in result.stdout
+
+
+def test_list_shows_methods_with_origin(capsys):
+    code, stdout, _ = run_cli(capsys, "list", "methods")
+    assert code == 0
+    rows = {line.split()[0]: line for line in stdout.splitlines()[2:]}
+    assert "vicreg" in rows and "sup1" in rows and rows["vicreg"].rstrip().endswith("built-in")

@@ -1,0 +1,85 @@
+"""bench run -> records -> bench report, resumability, and a record that survives a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cxrbench.benchmark.cli import main
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["run", "--methods", "vicreg,sup1", "--protocol", "finetune", "--profile", "smoke", "--out", str(out)]) == 0
+    assert main(["run", "--methods", "vicreg,sup1", "--protocol", "frozen", "--profile", "smoke", "--out", str(out)]) == 0
+    return out
+
+
+def test_every_cell_has_a_complete_record(smoke_run):
+    records = sorted((smoke_run / "cells").glob("*.json"))
+    assert len(records) == 2 * 2 * 3  # methods x protocols x fractions
+    for path in records:
+        record = json.loads(path.read_text())
+        assert set(record["cell"]) == {"method", "dataset", "protocol", "label_fraction", "seed"}
+        assert 0 <= record["metrics"]["mean_auroc"] <= 1
+        assert set(record["metrics"]["per_class_auroc"]) == set(record["label_columns"])
+        assert record["config"]["profile"]["name"] == "smoke"
+        assert {"pretrain_s", "train_s", "test_s"} <= set(record["timing"])
+        assert record["environment"]["packages"]["torch"]
+        assert (path.parent / record["predictions_file"]).is_file()
+    vicreg = json.loads((smoke_run / "cells" / "vicreg__phantom-nih__frozen__100pct__seed0.json").read_text())
+    assert vicreg["config"]["method_hyperparameters"]["expander_dim"] == 256
+    assert vicreg["pretrain_record"] == "pretrain/vicreg__phantom-nih"
+
+
+def test_pretraining_happens_once_and_is_reused(smoke_run):
+    pretrain_dirs = sorted(p.name for p in (smoke_run / "pretrain").iterdir())
+    assert pretrain_dirs == ["vicreg__phantom-nih"]  # Sup.1 has no pretraining stage
+    history = json.loads((smoke_run / "pretrain" / "vicreg__phantom-nih" / "record.json").read_text())["history"]
+    assert history and history[-1]["step"] == 4
+
+
+def test_rerun_skips_finished_cells_and_writes_no_duplicate(smoke_run, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in (smoke_run / "cells").iterdir()}
+    assert main(["run", "--methods", "vicreg,sup1", "--protocol", "all", "--profile", "smoke", "--out", str(smoke_run)]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (smoke_run / "cells").iterdir()}
+    assert before == after
+    assert "12 of 12 cells already have a record" in capsys.readouterr().out
+
+
+def test_report_renders_table_one_and_two(smoke_run, tmp_path):
+    assert main(["report", "--results", str(smoke_run), "--out", str(tmp_path)]) == 0
+    finetune = (tmp_path / "table1_finetune.md").read_text()
+    frozen = (tmp_path / "table2_frozen.md").read_text()
+    for table in (finetune, frozen):
+        assert "Sup.1 (bs)" in table and "VICReg" in table and "phantom-nih 1%" in table
+        assert "Sup.1 (random init), because Sup.2 has no records" in table
+        assert "**" in table  # a best value per column
+    assert (tmp_path / "table1_finetune.csv").read_text().startswith("method,")
+
+
+def test_a_killed_run_keeps_finished_records_and_resumes(tmp_path):
+    """SIGKILL in the middle of a run: every record on disk is complete, and re-running finishes the rest."""
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "cxrbench", "run", "--methods", "sup1", "--protocol", "finetune",
+               "--profile", "smoke", "--fractions", "1,10,100", "--seeds", "0,1", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("cells/*.json")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    assert 1 <= len(finished) < 6, "the kill should land mid-run"
+    for content in finished.values():
+        json.loads(content)  # complete JSON, never a half-written file
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    assert len(records) == 6
+    assert all(records[name] == content for name, content in finished.items())

@@ -1,0 +1,67 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from cxrbench.benchmark.metrics import auroc_per_class
+from cxrbench.benchmark.pretrain import learning_rate_factor, pretrain
+from cxrbench.benchmark.protocols import PROTOCOLS
+from cxrbench.methods import get_method
+
+
+def test_learning_rate_warms_up_then_decays_to_the_final_fraction():
+    total, warmup = 100, 10
+    factors = [learning_rate_factor(step, total, warmup, 0.001) for step in range(total)]
+    assert factors[0] == pytest.approx(0.1) and factors[warmup - 1] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1:]))
+    assert learning_rate_factor(total, total, warmup, 0.001) == pytest.approx(0.001)
+    midpoint = warmup + (total - warmup) // 2
+    assert factors[midpoint] == pytest.approx(0.001 + 0.999 * 0.5 * (1 + math.cos(math.pi * 0.5)), rel=1e-6)
+
+
+def test_pretraining_changes_the_encoder_and_exports_a_torchvision_resnet18(smoke_nih):
+    cls = get_method("vicreg")
+    method = cls(cls.resolve_hyperparameters({"expander_dim": 64, "warmup_epochs": 0}))
+    before = {k: v.clone() for k, v in method.export_encoder().items()}
+    result = pretrain(method, smoke_nih, batch_size=8, epochs=1, max_steps=2, seed=0, device=torch.device("cpu"))
+    assert result.steps == 2 and len(result.history) == 1 and np.isfinite(result.history[0]["loss"])
+    changed = [k for k in before if not torch.equal(before[k], result.encoder_state_dict[k])]
+    assert "layer4.1.conv2.weight" in changed
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(result.encoder_state_dict, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+
+
+def test_auroc_skips_labels_without_positives_and_averages_the_rest():
+    targets = np.array([[1, 0, 0], [0, 0, 1], [1, 0, 0], [0, 0, 1]], dtype=np.float32)
+    scores = np.array([[0.9, 0.1, 0.2], [0.2, 0.3, 0.8], [0.8, 0.2, 0.7], [0.1, 0.5, 0.6]])
+    metrics = auroc_per_class(targets, scores, ["a", "b", "c"])
+    assert metrics["per_class_auroc"] == {"a": 1.0, "b": None, "c": 0.75}
+    assert metrics["mean_auroc"] == pytest.approx(0.875)
+    assert metrics["undefined_classes"] == ["b"]
+
+
+@pytest.mark.parametrize("protocol_name", ["frozen", "finetune"])
+def test_protocols_touch_test_once_with_the_selected_model(protocol_name, smoke_nih, smoke_profile):
+    torch.manual_seed(0)
+    state = get_method("sup1")().export_encoder()
+    protocol = PROTOCOLS[protocol_name]
+    shared = protocol.prepare_shared(state, smoke_nih, torch.device("cpu"))
+    result = protocol.run(state, smoke_nih, 100, 0, smoke_profile["evaluation"][protocol_name], torch.device("cpu"), shared)
+    test = smoke_nih.split_positions("test")
+    assert result.test_scores.shape == (len(test), len(smoke_nih.label_columns))
+    assert result.test_image_ids == smoke_nih.index["image_id"].iloc[test].tolist()
+    assert 0 <= result.selection["val_mean_auroc"] <= 1
+    assert result.num_train_images == len(smoke_nih.split_positions("train"))
+
+
+def test_frozen_probe_learns_a_linearly_separable_label(smoke_nih, smoke_profile):
+    """With features that encode the label, the linear probe must reach AUROC 1."""
+    targets = smoke_nih.targets(np.arange(len(smoke_nih.index)))
+    rng = np.random.default_rng(0)
+    features = np.concatenate([targets * 3, rng.normal(size=(len(targets), 20))], axis=1).astype(np.float32)
+    config = dict(smoke_profile["evaluation"]["frozen"], epochs=100, learning_rates=[0.5])
+    result = PROTOCOLS["frozen"].run(None, smoke_nih, 100, 0, config, torch.device("cpu"), {"features": features})
+    defined = [v for v in result.metrics["per_class_auroc"].values() if v is not None]
+    assert defined and min(defined) > 0.99

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,12 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cxrbench-example"
 def plugin_env(tmp_path_factory):
     """Install the example plugin into a private target directory (not the test environment)."""
     target = tmp_path_factory.mktemp("plugin-site")
+    # build from a copy: setuptools writes build/ and *.egg-info beside the sources
+    source = tmp_path_factory.mktemp("plugin-src") / EXAMPLE.name
+    shutil.copytree(EXAMPLE, source)
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(EXAMPLE)],
+         "--target", str(target), str(source)],
         check=True,
     )
     env = os.environ.copy()

@@ -103,11 +103,11 @@ def command_list(args) -> int:
 
 
 def command_run(args) -> int:
-    from cxrbench.benchmark.profiles import available_profiles, load_profile
+    from cxrbench.benchmark.profiles import apply_overrides, available_profiles, load_profile
     from cxrbench.benchmark.protocols import PROTOCOLS
     from cxrbench.benchmark.runner import Runner, plan_cells
     from cxrbench.datasets import available_datasets
-    from cxrbench.methods import available_methods
+    from cxrbench.methods import available_methods, get_method
 
     methods_known = available_methods()
     methods = methods_known if args.methods == "all" else _csv(args.methods)
@@ -118,6 +118,10 @@ def command_run(args) -> int:
     protocols = list(PROTOCOLS) if args.protocol == "all" else _csv(args.protocol)
     _check_choices("protocol", protocols, list(PROTOCOLS) + ["all"])
     profile = load_profile(args.profile)
+    try:
+        apply_overrides(profile, args.set or [])
+    except ValueError as error:
+        raise CliError(str(error)) from None
     evaluation = profile["evaluation"]
     datasets = _csv(args.datasets) if args.datasets else list(evaluation["datasets"])
     _check_choices("dataset", datasets, available_datasets())
@@ -126,8 +130,17 @@ def command_run(args) -> int:
     if args.pretrain_dataset:
         _check_choices("pretraining dataset", [args.pretrain_dataset], available_datasets())
         profile["pretrain"]["dataset"] = args.pretrain_dataset
+    for name in methods:
+        try:
+            get_method(name).resolve_hyperparameters(profile.get("methods", {}).get(name))
+        except ValueError as error:
+            raise CliError(str(error)) from None
     out_dir = Path(args.out) if args.out else Path("results") / args.profile
     _check_writable(out_dir, "--out")
+    conflict = Runner.configuration_conflict(out_dir, profile)
+    if conflict:
+        raise CliError(f"--out {out_dir} holds records made with another configuration ({conflict}); "
+                       f"use a new --out, or the same profile and --set values")
     device = _device(args.device)
 
     cells = plan_cells(methods, datasets, protocols, fractions, seeds)
@@ -199,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", default="quick", help="smoke, quick or paper (see `bench list profiles`); default: quick")
     run.add_argument("--out", help="directory for the run records; default: results/PROFILE")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N; default: auto")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a profile value, e.g. --set pretrain.epochs=30 or --set methods.vicreg.base_lr=0.3 "
+                          "(repeatable; stored in every record's resolved config)")
     run.set_defaults(handler=command_run)
 
     report = commands.add_parser("report", help="render paper-style tables from run records",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import expit
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,6 +33,21 @@ class ProtocolResult:
     test_targets: np.ndarray
     test_image_ids: list[str]
     timing: dict = field(default_factory=dict)
+
+
+def _test_result(dataset: PreparedDataset, test: np.ndarray, test_scores: np.ndarray, selection: dict,
+                 num_train_images: int, started: float, trained: float) -> ProtocolResult:
+    """The one evaluation on test, of the model the validation split selected."""
+    test_targets = dataset.targets(test)
+    return ProtocolResult(
+        metrics=auroc_per_class(test_targets, test_scores, dataset.label_columns),
+        selection=selection,
+        num_train_images=num_train_images,
+        test_scores=test_scores,
+        test_targets=test_targets,
+        test_image_ids=dataset.index["image_id"].iloc[test].tolist(),
+        timing={"train_s": trained - started, "test_s": time.perf_counter() - trained},
+    )
 
 
 def load_encoder(state_dict: dict, device: torch.device) -> nn.Module:
@@ -113,16 +129,7 @@ class FrozenProtocol:
         layer.load_state_dict(best.pop("state"))
         with torch.no_grad():
             test_scores = torch.sigmoid(layer(x[test])).numpy()
-        test_targets = dataset.targets(test)
-        return ProtocolResult(
-            metrics=auroc_per_class(test_targets, test_scores, dataset.label_columns),
-            selection=best,
-            num_train_images=len(train),
-            test_scores=test_scores,
-            test_targets=test_targets,
-            test_image_ids=dataset.index["image_id"].iloc[test].tolist(),
-            timing={"train_s": trained - started, "test_s": time.perf_counter() - trained},
-        )
+        return _test_result(dataset, test, test_scores, best, len(train), started, trained)
 
     def prepare_shared(self, encoder_state: dict, dataset: PreparedDataset, device: torch.device) -> dict:
         """Pooled encoder features of every image, computed once per (encoder, dataset)."""
@@ -184,18 +191,9 @@ class FinetuneProtocol:
                             "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         trained = time.perf_counter()
         model.load_state_dict(best.pop("state"))
-        test_scores = 1 / (1 + np.exp(-predict(model, dataset.images[test], device)))
-        test_targets = dataset.targets(test)
+        test_scores = expit(predict(model, dataset.images[test], device))
         best["total_steps"] = total_steps
-        return ProtocolResult(
-            metrics=auroc_per_class(test_targets, test_scores, dataset.label_columns),
-            selection=best,
-            num_train_images=len(train),
-            test_scores=test_scores,
-            test_targets=test_targets,
-            test_image_ids=dataset.index["image_id"].iloc[test].tolist(),
-            timing={"train_s": trained - started, "test_s": time.perf_counter() - trained},
-        )
+        return _test_result(dataset, test, test_scores, best, len(train), started, trained)
 
 
 PROTOCOLS = {protocol.name: protocol for protocol in (FrozenProtocol(), FinetuneProtocol())}

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cxrbench.benchmark.diagnostics import encoder_diagnostics
 from cxrbench.benchmark.pretrain import pretrain
 from cxrbench.benchmark.protocols import PROTOCOLS
 from cxrbench.benchmark.records import atomic_torch_save, atomic_write_bytes, atomic_write_json, environment, now, read_json
@@ -66,6 +67,27 @@ class Runner:
         self._datasets: dict[str, PreparedDataset] = {}
         self._environment = environment(device)
 
+    # --- the configuration an output directory belongs to
+
+    @staticmethod
+    def configuration_conflict(out_dir: Path, profile: dict) -> str | None:
+        """Why ``out_dir`` cannot take records of ``profile`` (None if it can).
+
+        Cells are skipped when a record exists, so one directory must only ever hold
+        records of one resolved profile; ``run.json`` stores it.
+        """
+        stored_path = Path(out_dir) / "run.json"
+        if not stored_path.is_file():
+            return None
+        stored = read_json(stored_path)["profile"]
+        differences = sorted(_differences(stored, profile))
+        return ", ".join(differences[:5]) + (" ..." if len(differences) > 5 else "") if differences else None
+
+    def claim_out_dir(self) -> None:
+        path = self.out_dir / "run.json"
+        if not path.is_file():
+            atomic_write_json(path, {"profile": self.profile, "created": now()})
+
     # --- data
 
     def dataset(self, name: str) -> PreparedDataset:
@@ -104,6 +126,9 @@ class Runner:
             max_steps=settings.get("max_steps"), seed=seed, device=self.device,
             description=f"pretrain {method_name}",
         )
+        diagnostics = encoder_diagnostics(result.encoder_state_dict, dataset, self.device)
+        torch.manual_seed(seed)
+        diagnostics_at_init = encoder_diagnostics(self.build_method(method_name).export_encoder(), dataset, self.device)
         record = {
             "method": method_name,
             "pretrain_dataset": settings["dataset"],
@@ -114,6 +139,8 @@ class Runner:
             "epochs": result.epochs,
             "seconds": result.seconds,
             "history": result.history,
+            # collapse check: the exported encoder against the same network at initialisation
+            "diagnostics": {"pretrained": diagnostics, "initialisation": diagnostics_at_init},
             "environment": self._environment,
             "created": now(),
         }
@@ -121,11 +148,17 @@ class Runner:
         atomic_torch_save(encoder_path, result.encoder_state_dict)
         atomic_write_json(record_path, record)
         last = result.history[-1] if result.history else {}
-        self.echo(f"pretrained {method_name} on {settings['dataset']}: {result.steps} steps in {result.seconds:.1f}s, final loss {last.get('loss', float('nan')):.4f}")
+        self.echo(
+            f"pretrained {method_name} on {settings['dataset']}: {result.steps} steps in {result.seconds:.1f}s, "
+            f"final loss {last.get('loss', float('nan')):.4f}; encoder feature std {diagnostics['feature_std']:.4f} "
+            f"(init {diagnostics_at_init['feature_std']:.4f}), effective rank {diagnostics['effective_rank']:.1f} "
+            f"(init {diagnostics_at_init['effective_rank']:.1f})"
+        )
         return result.encoder_state_dict, record
 
     def run(self, cells: list[Cell]) -> list[dict]:
         """Evaluate every cell without a record; returns the records written this run."""
+        self.claim_out_dir()
         pending = [cell for cell in cells if not self.cell_path(cell).is_file()]
         skipped = len(cells) - len(pending)
         if skipped:
@@ -204,3 +237,12 @@ class Runner:
             f"{cell.record_name}: mean AUROC undefined (no test positives)"
         )
         return record
+
+
+def _differences(stored, current, prefix: str = ""):
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        for key in set(stored) | set(current):
+            yield from _differences(stored.get(key), current.get(key), f"{prefix}{key}.")
+    elif stored != current and not (isinstance(stored, (list, tuple)) and isinstance(current, (list, tuple)) and list(stored) == list(current)):
+        yield f"{prefix.rstrip('.')}: {stored!r} -> {current!r}"

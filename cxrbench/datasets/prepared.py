@@ -77,7 +77,7 @@ class PreparedDataset:
 
     def targets(self, positions: np.ndarray) -> np.ndarray:
         """Float32 label matrix (len(positions) x num_labels)."""
-        return self.index.iloc[positions][self.label_columns].to_numpy(dtype=np.float32)
+        return np.array(self.index.iloc[positions][self.label_columns], dtype=np.float32)  # writable copy
 
     def label_fraction_positions(self, label_fraction: float, seed: int) -> np.ndarray:
         """Training positions for a label fraction (percent), nested across fractions.

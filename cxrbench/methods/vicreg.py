@@ -20,10 +20,10 @@ optimiser              LARS, eta 0.001,   same            same            same
                        momentum 0.9
 base lr (x batch/256)  0.2                0.2             0.2             0.2
 weight decay           1e-6               1e-6            1e-6            1e-6
-warm-up, schedule      10 epochs, cosine  10 epochs       profile         profile
-                       to 0.001 x lr
+warm-up (epochs)       10                 10              1               0
+schedule               cosine to 0.001 x peak lr, per step (all profiles)
 batch size             2048               64              64              16
-epochs                 1000 (100 default) 300             profile         profile
+epochs                 1000 (100 default) 300             4               4 steps
 image size             224                224             64              64
 =====================  =================  ==============  ==============  ==============
 

@@ -1,1 +1,0 @@
-"""Example cxrbench plugin: RotNet (rotation prediction) as a pretraining method."""

@@ -150,6 +150,8 @@ def command_run(args) -> int:
     started = time.perf_counter()
     runner = Runner(profile, out_dir, device)
     written = runner.run(cells)
+    for method, reason in runner.missing.items():
+        print(f"bench run: missing: {method}: {reason}")
     print(f"bench run: {len(written)} new record(s) in {time.perf_counter() - started:.0f}s; "
           f"render tables with: bench report --results {out_dir} --out reports/{out_dir.name}")
     return 0

@@ -80,7 +80,8 @@ def pretrain(
         position += batch_size
         factor = learning_rate_factor(step, total_steps, warmup_steps, final_fraction)
         for group, peak in zip(optimizer.param_groups, peak_lrs):
-            group["lr"] = peak * factor
+            # a group marked fixed_lr keeps its rate (SimSiam's predictor, official `--fix-pred-lr`)
+            group["lr"] = peak if group.get("fixed_lr") else peak * factor
         views = method.make_views(batch, generator=generator if device.type == "cpu" else None)
         loss, logs = method.training_step(views)
         if not torch.isfinite(loss):

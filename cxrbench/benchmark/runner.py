@@ -65,6 +65,7 @@ class Runner:
         self.device = device
         self.echo = echo
         self._datasets: dict[str, PreparedDataset] = {}
+        self.missing: dict[str, str] = {}  # method -> why its cells were not run
         self._environment = environment(device)
 
     # --- the configuration an output directory belongs to
@@ -105,10 +106,11 @@ class Runner:
 
     # --- stages
 
+    def hyperparameters(self, name: str):
+        return get_method(name).resolve_hyperparameters(self.profile.get("methods", {}).get(name))
+
     def build_method(self, name: str) -> Method:
-        cls = get_method(name)
-        hyperparameters = cls.resolve_hyperparameters(self.profile.get("methods", {}).get(name))
-        return cls(hyperparameters)
+        return get_method(name)(self.hyperparameters(name))
 
     def pretrained_encoder(self, method_name: str) -> tuple[dict, dict]:
         """Pretrain once (or reuse the stored encoder); returns (state dict, pretrain record)."""
@@ -170,6 +172,13 @@ class Runner:
         progress = tqdm(total=len(pending), desc="cells", unit="cell", disable=None)
         for method_name, method_cells in by_method.items():
             method_cls = get_method(method_name)
+            reason = method_cls.unavailable_reason(self.hyperparameters(method_name))
+            if reason:
+                # reported, never silently replaced: the table shows these cells as missing
+                self.missing[method_name] = reason
+                self.echo(f"{method_name}: {len(method_cells)} cell(s) not run: {reason}")
+                progress.update(len(method_cells))
+                continue
             if method_cls.pretrains:
                 pretrained_state, pretrain_record = self.pretrained_encoder(method_name)
             else:
@@ -189,7 +198,7 @@ class Runner:
         else:
             # no pretraining stage: the encoder is the method's initialisation, drawn per seed
             torch.manual_seed(cell.seed)
-            encoder_state, encoder_key = method_cls(method_cls.resolve_hyperparameters(None)).export_encoder(), f"init-seed{cell.seed}"
+            encoder_state, encoder_key = self.build_method(cell.method).export_encoder(), f"init-seed{cell.seed}"
         started = time.perf_counter()
         cache_key = (encoder_key, cell.dataset, cell.protocol)
         if cache_key not in shared_cache:

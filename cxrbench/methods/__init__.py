@@ -1,6 +1,6 @@
 """Methods. Importing this package registers the built-in ones; plugins load on first use."""
 
-from cxrbench.methods import supervised, vicreg  # noqa: F401  (registration side effects)
+from cxrbench.methods import byol, densecl, mocov2, pcrlv2, simclr, simsiam, supervised, vicreg  # noqa: F401  (registration)
 from cxrbench.methods.base import Method
 from cxrbench.methods.registry import METHOD_ORIGINS, METHODS, available_methods, get_method, register_method
 

@@ -37,6 +37,7 @@ class ViewRecipe:
     blur_probability: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # in pixels at 224 px, scaled to the image size
     solarize_probability: float = 0.0
+    rotation_degrees: float = 0.0  # uniform in [-d, d], corners filled with black (PCRLv2)
 
 
 def random_crop_boxes(batch: int, size: int, scale, ratio, generator, device) -> torch.Tensor:
@@ -70,25 +71,42 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return x.reshape(batch, 1, height, width)
 
 
-def augment(images: torch.Tensor, recipe: ViewRecipe, output_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 or float images (B, H, W) -> one augmented view (B, 1, S, S) in [0, 1]."""
+def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image (B, 1, H, W) about its centre by its own angle; black corners."""
+    radians = torch.deg2rad(degrees)
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    zeros = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def geometric(images: torch.Tensor, recipe: ViewRecipe, output_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The spatial part of a view: crop-and-resize, rotation, flip. uint8/float (B, H, W) -> (B, 1, S, S) in [0, 1]."""
     if images.dtype == torch.uint8:
         images = images.float() / 255.0
     images = images.unsqueeze(1) if images.dim() == 3 else images
     batch, _, size, _ = images.shape
     device = images.device
-
-    def coin(probability: float) -> torch.Tensor:
-        return torch.rand(batch, device=device, generator=generator) < probability
-
     boxes = random_crop_boxes(batch, size, recipe.crop_scale, recipe.crop_ratio, generator, device)
     rois = torch.cat([torch.arange(batch, device=device, dtype=boxes.dtype)[:, None], boxes], dim=1)
     views = roi_align(images, rois, output_size=output_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    if recipe.rotation_degrees > 0:
+        angles = (torch.rand(batch, device=device, generator=generator) * 2 - 1) * recipe.rotation_degrees
+        views = rotate(views, angles)
+    flip = (torch.rand(batch, device=device, generator=generator) < recipe.flip_probability).view(batch, 1, 1, 1)
+    return torch.where(flip, views.flip(-1), views)
 
-    flip = coin(recipe.flip_probability).view(batch, 1, 1, 1)
-    views = torch.where(flip, views.flip(-1), views)
 
-    jitter = coin(recipe.jitter_probability).view(batch, 1, 1, 1)
+def appearance(views: torch.Tensor, recipe: ViewRecipe, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The photometric part of a view: brightness/contrast jitter, blur, solarisation."""
+    batch, _, output_size, _ = views.shape
+    device = views.device
+
+    def coin(probability: float) -> torch.Tensor:
+        return (torch.rand(batch, device=device, generator=generator) < probability).view(batch, 1, 1, 1)
+
+    jitter = coin(recipe.jitter_probability)
     brightness = 1 + (torch.rand(batch, 1, 1, 1, device=device, generator=generator) * 2 - 1) * recipe.brightness
     contrast = 1 + (torch.rand(batch, 1, 1, 1, device=device, generator=generator) * 2 - 1) * recipe.contrast
     mean = views.mean(dim=(2, 3), keepdim=True)
@@ -99,9 +117,14 @@ def augment(images: torch.Tensor, recipe: ViewRecipe, output_size: int, generato
         low, high = recipe.blur_sigma
         sigma = torch.empty(batch, device=device).uniform_(low, high, generator=generator) * output_size / 224
         blurred = gaussian_blur(views, sigma.clamp(min=1e-3))
-        views = torch.where(coin(recipe.blur_probability).view(batch, 1, 1, 1), blurred, views)
+        views = torch.where(coin(recipe.blur_probability), blurred, views)
 
     if recipe.solarize_probability > 0:
         solarized = torch.where(views >= 0.5, 1 - views, views)
-        views = torch.where(coin(recipe.solarize_probability).view(batch, 1, 1, 1), solarized, views)
+        views = torch.where(coin(recipe.solarize_probability), solarized, views)
     return views
+
+
+def augment(images: torch.Tensor, recipe: ViewRecipe, output_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 or float images (B, H, W) -> one augmented view (B, 1, S, S) in [0, 1]."""
+    return appearance(geometric(images, recipe, output_size, generator), recipe, generator)

@@ -9,6 +9,8 @@ need no surgery. Repeating a channel costs nothing but the first convolution's i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torchvision
 from torch import nn
@@ -18,14 +20,49 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_DIM = 512
 
 
-def resnet18_encoder(weights: str | None = None) -> nn.Module:
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights that cannot be loaded on this machine (offline, no cached file)."""
+
+
+IMAGENET_WEIGHTS = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+
+
+def imagenet_weights_file() -> Path:
+    """Where torchvision keeps (or would download) the ResNet-18 ImageNet weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_WEIGHTS.url).name
+
+
+def imagenet_weights_missing(weights_path: str | None) -> str | None:
+    """Why the ImageNet weights cannot be loaded here, or None if they can."""
+    if weights_path:
+        return None if Path(weights_path).is_file() else f"ImageNet weights file {weights_path} does not exist"
+    if imagenet_weights_file().is_file():
+        return None
+    return (f"ResNet-18 ImageNet weights are not in the torch hub cache ({imagenet_weights_file()}) and no "
+            f"weights_path is set; download them once where there is network access "
+            f"(python -c 'import torchvision; torchvision.models.resnet18(weights=\"IMAGENET1K_V1\")') "
+            f"or set --set methods.<name>.weights_path=FILE")
+
+
+def resnet18_encoder(init: str = "random", weights_path: str | None = None) -> nn.Module:
     """torchvision ResNet-18 with ``fc`` replaced by identity: images -> (B, 512) features.
 
-    ``weights="imagenet"`` asks torchvision for its ImageNet weights (downloaded on first
-    use, so it needs network access or a populated torch hub cache).
+    ``init="imagenet"`` loads torchvision's ImageNet weights, from ``weights_path`` if given,
+    else through torchvision's weights API, which reads its hub cache and only downloads
+    when the file is not there.
     """
-    tv_weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1 if weights == "imagenet" else None
-    model = torchvision.models.resnet18(weights=tv_weights)
+    model = torchvision.models.resnet18(weights=None)
+    if init == "imagenet":
+        reason = imagenet_weights_missing(weights_path)
+        if reason:
+            raise WeightsUnavailable(reason)
+        if weights_path:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        else:
+            state = IMAGENET_WEIGHTS.get_state_dict(progress=False, check_hash=True)
+        model.load_state_dict(state)
+    elif init != "random":
+        raise ValueError(f"unknown encoder initialisation {init!r}; expected 'random' or 'imagenet'")
     model.fc = nn.Identity()
     return model
 

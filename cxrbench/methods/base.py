@@ -7,7 +7,11 @@ The runner never branches on a method's name. It asks a method for
 * ``training_step(views)``  the loss and a dict of scalar logs;
 * ``build_optimizer(...)`` its optimiser (official choice: LARS, SGD, Adam ...);
 * ``after_optimizer_step(progress)``  hooks such as momentum-encoder updates;
-* ``encoder``             the torchvision ResNet-18 trunk it trains and exports.
+* ``encoder``             the torchvision ResNet-18 trunk it trains and exports;
+* ``unavailable_reason``  why it cannot run here (weights it cannot load), if so.
+
+A hyperparameter dataclass may carry ``encoder_init`` ("random" or "imagenet") and
+``weights_path``; the base class builds the encoder from them.
 
 A method file adds its heads, its loss and its view recipe on top of this, nothing else.
 Hyperparameters are a dataclass per method whose defaults are the official values; a
@@ -23,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cxrbench.methods.backbone import encoder_state_dict, resnet18_encoder
+from cxrbench.methods.backbone import encoder_state_dict, imagenet_weights_missing, resnet18_encoder
 
 
 class Method(nn.Module):
@@ -42,7 +46,7 @@ class Method(nn.Module):
     def __init__(self, hyperparameters: Any | None = None):
         super().__init__()
         self.hparams = hyperparameters if hyperparameters is not None else self.Hyperparameters()
-        self.encoder = resnet18_encoder(self.encoder_weights())
+        self.encoder = resnet18_encoder(getattr(self.hparams, "encoder_init", "random"), getattr(self.hparams, "weights_path", None))
 
     @classmethod
     def resolve_hyperparameters(cls, overrides: dict | None) -> Any:
@@ -57,8 +61,15 @@ class Method(nn.Module):
                 overrides[field.name] = tuple(overrides[field.name])
         return cls.Hyperparameters(**overrides)
 
-    def encoder_weights(self) -> str | None:
-        """Initial weights of the encoder: None (random) or "imagenet"."""
+    @classmethod
+    def unavailable_reason(cls, hyperparameters: Any) -> str | None:
+        """Why this method cannot run on this machine (e.g. weights it cannot load), or None.
+
+        The runner reports such a method's cells as missing, with this reason, and never
+        replaces it by something else.
+        """
+        if getattr(hyperparameters, "encoder_init", "random") == "imagenet":
+            return imagenet_weights_missing(getattr(hyperparameters, "weights_path", None))
         return None
 
     def export_encoder(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,114 @@
+"""MoCo v2: momentum contrast with an MLP head and stronger augmentation.
+
+Faithfulness record
+===================
+Paper:          Chen, Fan, Girshick, He. "Improved Baselines with Momentum Contrastive
+                Learning", arXiv 2003.04297 (2020); MoCo: He et al., CVPR 2020.
+Official code:  github.com/facebookresearch/moco (``moco/builder.py``, ``main_moco.py`` with
+                ``--mlp --moco-t 0.2 --aug-plus --cos``).
+Building blocks: lightly's ``MoCoProjectionHead`` (Linear-ReLU-Linear, no BN, as official),
+                ``NTXentLoss`` with a memory bank (query against its key and the queue, cross
+                entropy with the positive first: the official InfoNCE), ``update_momentum``.
+
+=====================  ====================  ==============  ==============  ==============
+hyperparameter         official              paper profile   quick profile   smoke profile
+=====================  ====================  ==============  ==============  ==============
+backbone               ResNet-50             ResNet-18       ResNet-18       ResNet-18
+head                   2048-2048-128         512-512-128     512-512-128     512-512-128
+queue size K           65,536                65,536          1,024           32
+momentum m             0.999                 0.999           0.99            0.99
+temperature            0.2                   0.2             0.2             0.2
+optimiser              SGD, momentum 0.9     same            same            same
+lr (batch 256)         0.03 (x batch/256)    0.0075 @ 64     0.0075 @ 64     0.001875 @ 16
+weight decay           1e-4                  1e-4            1e-4            1e-4
+schedule               cosine to 0, no warm-up (official per epoch; here per step)
+batch size             256                   64              64              16
+epochs                 200                   300             4               4 steps
+shuffle-BN             across 8 GPUs         2 chunks        2 chunks        2 chunks
+image size             224                   224             64              64
+=====================  ====================  ==============  ==============  ==============
+
+Views (official ``aug-plus``): RandomResizedCrop(224, scale 0.2-1), ColorJitter(0.4, 0.4,
+0.4, 0.1) p 0.8, greyscale p 0.2, GaussianBlur(0.1-2.0) p 0.5, flip, the same for both views.
+
+Deviations and why
+------------------
+* Queue: 65,536 keys are 5% of ImageNet; on the quick phantom (1,276 training images) a queue
+  that long would hold keys older than 50 epochs of a changing encoder, so it is shortened to
+  1,024 (80% of the data, a multiple of the batch), and to 32 for smoke.
+* Momentum 0.99 on quick/smoke: with 76 steps, 0.999 would leave the key encoder almost at
+  its random initialisation for the whole run (1 - 0.999^76 = 7% update).
+* Shuffle-BN: one process cannot shuffle across GPUs; the key batch is permuted and encoded
+  in 2 chunks (32 images each at batch 64, the official per-GPU batch), each with its own BN
+  statistics, then un-permuted (``shuffle_bn_forward``).
+* Grey radiographs: saturation, hue and random greyscale dropped; brightness/contrast kept.
+* lr follows the official linear scaling (0.03 per 256).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules.heads import MoCoProjectionHead
+
+from cxrbench.methods.augment import ViewRecipe, augment
+from cxrbench.methods.backbone import FEATURE_DIM, to_model_input
+from cxrbench.methods.base import Method
+from cxrbench.methods.momentum import momentum_copy, shuffle_bn_forward, update_momentum
+from cxrbench.methods.registry import register_method
+
+
+@dataclass
+class MoCoV2Hyperparameters:
+    queue_size: int = 65536
+    momentum: float = 0.999
+    temperature: float = 0.2
+    projection_dim: int = 128
+    base_lr: float = 0.03  # per 256 images
+    weight_decay: float = 1e-4
+    sgd_momentum: float = 0.9
+    shuffle_bn_splits: int = 2
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+
+
+@register_method("mocov2")
+class MoCoV2(Method):
+    display_name = "MoCoV2"
+    description = "Momentum contrast v2: key encoder, 65k-key queue, MLP head (Chen et al. 2020)"
+    Hyperparameters = MoCoV2Hyperparameters
+
+    def __init__(self, hyperparameters: MoCoV2Hyperparameters | None = None):
+        super().__init__(hyperparameters)
+        hp = self.hparams
+        self.projection_head = MoCoProjectionHead(FEATURE_DIM, FEATURE_DIM, hp.projection_dim)
+        self.key_encoder = momentum_copy(self.encoder)
+        self.key_projection_head = momentum_copy(self.projection_head)
+        self.criterion = NTXentLoss(temperature=hp.temperature, memory_bank_size=(hp.queue_size, hp.projection_dim),
+                                    gather_distributed=True)
+        self.view = ViewRecipe(crop_scale=hp.crop_scale, blur_probability=0.5)
+
+    def make_views(self, images, generator=None):
+        return [augment(images, self.view, images.shape[-1], generator) for _ in range(2)]
+
+    def _key(self, images: torch.Tensor) -> torch.Tensor:
+        return self.key_projection_head(self.key_encoder(images))
+
+    def training_step(self, views):
+        query = self.projection_head(self.encoder(to_model_input(views[0])))
+        key = shuffle_bn_forward(self._key, to_model_input(views[1]), self.hparams.shuffle_bn_splits)
+        # one direction, as the official code: query against its key and the queue; the
+        # loss enqueues the keys after using the queue
+        loss = self.criterion(query, key.detach())
+        return loss, {"loss": loss.item()}
+
+    def after_optimizer_step(self, progress):
+        update_momentum(self.encoder, self.key_encoder, self.hparams.momentum)
+        update_momentum(self.projection_head, self.key_projection_head, self.hparams.momentum)
+
+    def build_optimizer(self, batch_size):
+        hp = self.hparams
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD(trainable, lr=hp.base_lr * batch_size / 256, momentum=hp.sgd_momentum,
+                               weight_decay=hp.weight_decay)

@@ -1,0 +1,97 @@
+"""SimSiam: simple Siamese representation learning with a stop-gradient.
+
+Faithfulness record
+===================
+Paper:          Chen, He. "Exploring Simple Siamese Representation Learning", CVPR 2021.
+Official code:  github.com/facebookresearch/simsiam (``simsiam/builder.py``,
+                ``main_simsiam.py`` with ``--fix-pred-lr``).
+Building blocks: lightly's ``SimSiamProjectionHead`` (3 layers, BN on every layer, the
+                output BN without affine, as official), ``SimSiamPredictionHead`` (bottleneck
+                2048-512-2048, as official), ``NegativeCosineSimilarity``.
+
+=====================  ====================  ==============  ==============  ==============
+hyperparameter         official              paper profile   quick profile   smoke profile
+=====================  ====================  ==============  ==============  ==============
+backbone               ResNet-50             ResNet-18       ResNet-18       ResNet-18
+projector              3 x 2048, BN          512-2048-2048   512-2048-2048   512-256-256
+predictor              2048-512-2048         2048-512-2048   2048-512-2048   256-64-256
+loss                   symmetric -cos with stop-gradient on z (all profiles)
+optimiser              SGD, momentum 0.9     same            same            same
+base lr (x batch/256)  0.05                  0.05            0.05            0.05
+predictor lr           fixed (no decay)      fixed           fixed           fixed
+weight decay           1e-4                  1e-4            1e-4            1e-4
+schedule               cosine to 0, no warm-up
+batch size             512                   64              64              16
+epochs                 100                   300             4               4 steps
+image size             224                   224             64              64
+=====================  ====================  ==============  ==============  ==============
+
+Views (official, MoCo v2's): RandomResizedCrop(scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1)
+p 0.8, greyscale p 0.2, GaussianBlur(0.1-2.0) p 0.5, flip, the same for both views.
+
+Deviations and why
+------------------
+* ResNet-18, batch 64, 300 epochs: the OPTiML paper's protocol for all baselines; the first
+  projector layer takes the 512-d ResNet-18 features.
+* Grey radiographs: saturation, hue and greyscale dropped; brightness/contrast kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
+
+from cxrbench.methods.augment import ViewRecipe, augment
+from cxrbench.methods.backbone import FEATURE_DIM, to_model_input
+from cxrbench.methods.base import Method
+from cxrbench.methods.registry import register_method
+
+
+@dataclass
+class SimSiamHyperparameters:
+    projection_dim: int = 2048
+    prediction_hidden_dim: int = 512
+    base_lr: float = 0.05
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    fix_predictor_lr: bool = True
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+
+
+@register_method("simsiam")
+class SimSiam(Method):
+    display_name = "SimSiam"
+    description = "Siamese network with predictor and stop-gradient (Chen & He 2021)"
+    Hyperparameters = SimSiamHyperparameters
+
+    def __init__(self, hyperparameters: SimSiamHyperparameters | None = None):
+        super().__init__(hyperparameters)
+        hp = self.hparams
+        self.projection_head = SimSiamProjectionHead(FEATURE_DIM, hp.projection_dim, hp.projection_dim)
+        self.prediction_head = SimSiamPredictionHead(hp.projection_dim, hp.prediction_hidden_dim, hp.projection_dim)
+        self.criterion = NegativeCosineSimilarity()
+        self.view = ViewRecipe(crop_scale=hp.crop_scale, blur_probability=0.5)
+
+    def make_views(self, images, generator=None):
+        return [augment(images, self.view, images.shape[-1], generator) for _ in range(2)]
+
+    def training_step(self, views):
+        z = [self.projection_head(self.encoder(to_model_input(view))) for view in views]
+        p = [self.prediction_head(each) for each in z]
+        # D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2
+        loss = 0.5 * (self.criterion(p[0], z[1].detach()) + self.criterion(p[1], z[0].detach()))
+        with torch.no_grad():
+            output_std = torch.nn.functional.normalize(z[0], dim=1).std(dim=0).mean().item()
+        return loss, {"loss": loss.item(), "z_std": output_std}
+
+    def build_optimizer(self, batch_size):
+        hp = self.hparams
+        lr = hp.base_lr * batch_size / 256
+        groups = [
+            {"params": list(self.encoder.parameters()) + list(self.projection_head.parameters())},
+            {"params": list(self.prediction_head.parameters()), "fixed_lr": hp.fix_predictor_lr},
+        ]
+        return torch.optim.SGD(groups, lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)

@@ -83,3 +83,17 @@ def test_a_killed_run_keeps_finished_records_and_resumes(tmp_path):
     records = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
     assert len(records) == 6
     assert all(records[name] == content for name, content in finished.items())
+
+
+def test_every_method_pretrains_and_sup2_without_weights_is_reported_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # no cached ImageNet weights
+    out = tmp_path / "all"
+    assert main(["run", "--methods", "all", "--protocol", "frozen", "--profile", "smoke", "--fractions", "100",
+                 "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    ran = {json.loads(p.read_text())["cell"]["method"] for p in (out / "cells").glob("*.json")}
+    assert ran == {"sup1", "simclr", "mocov2", "byol", "simsiam", "vicreg", "densecl", "pcrlv2"}
+    assert "missing: sup2: ResNet-18 ImageNet weights are not in the torch hub cache" in stdout
+    for method in ran - {"sup1"}:
+        record = json.loads((out / "pretrain" / f"{method}__phantom-nih" / "record.json").read_text())
+        assert record["diagnostics"]["pretrained"]["effective_rank"] > 1

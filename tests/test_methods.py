@@ -1,0 +1,199 @@
+"""The baseline methods: losses against their formulas, gradients, momentum encoders, queues."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from cxrbench.benchmark.profiles import load_profile
+from cxrbench.methods import available_methods, get_method
+from cxrbench.methods.densecl import info_nce, match_positions
+from cxrbench.methods.momentum import cosine_momentum, shuffle_bn_forward
+from cxrbench.methods.pcrlv2 import cutout
+
+SSL_METHODS = ["simclr", "mocov2", "byol", "simsiam", "vicreg", "densecl", "pcrlv2"]
+
+
+def build(name, **overrides):
+    """A method with the smoke profile's small settings (plus overrides)."""
+    cls = get_method(name)
+    settings = dict(load_profile("smoke")["methods"].get(name, {}), **overrides)
+    return cls(cls.resolve_hyperparameters(settings))
+
+
+def one_step(method, batch=8, seed=0):
+    torch.manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 64, 64), dtype=torch.uint8)
+    method.train()
+    optimizer = method.build_optimizer(batch)
+    views = method.make_views(images, torch.Generator().manual_seed(seed))
+    loss, logs = method.training_step(views)
+    optimizer.zero_grad()
+    loss.backward()
+    return optimizer, loss, logs
+
+
+def test_every_paper_method_is_registered_with_a_description():
+    for name in SSL_METHODS + ["sup1", "sup2"]:
+        assert name in available_methods()
+        assert len(get_method(name).description) > 20
+
+
+@pytest.mark.parametrize("name", SSL_METHODS)
+def test_one_step_sends_gradient_to_every_trainable_parameter(name):
+    method = build(name)
+    _, loss, logs = one_step(method)
+    assert torch.isfinite(loss) and "loss" in logs
+    without = [n for n, p in method.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    if name == "pcrlv2":
+        # only the decoder scales drawn this step receive gradient in their heads (as official)
+        assert all(".projector." in n or ".predictor." in n or ".supervision." in n for n in without), without
+        assert method.encoder.conv1.weight.grad.abs().sum() > 0
+    else:
+        assert without == []
+
+
+@pytest.mark.parametrize("name, online, target", [
+    ("mocov2", "encoder", "key_encoder"),
+    ("byol", "encoder", "target_encoder"),
+    ("densecl", "encoder", "key_encoder"),
+])
+def test_momentum_encoder_moves_by_ema_and_gets_no_gradient(name, online, target):
+    method = build(name)
+    target_module = getattr(method, target)
+    before = {k: v.clone() for k, v in target_module.state_dict().items()}
+    optimizer, _, _ = one_step(method)
+    assert all(p.grad is None and not p.requires_grad for p in target_module.parameters())
+    optimizer.step()
+    online_after = dict(getattr(method, online).named_parameters())
+    method.after_optimizer_step(0.5)
+    m = method.target_momentum if name == "byol" else method.hparams.momentum
+    for key, parameter in target_module.named_parameters():
+        expected = m * before[key] + (1 - m) * online_after[key].detach()
+        torch.testing.assert_close(parameter.detach(), expected)
+    assert not torch.equal(before["conv1.weight"], target_module.conv1.weight)
+
+
+def test_byol_target_momentum_rises_from_base_to_one_on_a_cosine():
+    assert cosine_momentum(0.996, 0.0) == pytest.approx(0.996)
+    assert cosine_momentum(0.996, 0.5) == pytest.approx(0.998)
+    assert cosine_momentum(0.996, 1.0) == pytest.approx(1.0)
+
+
+def nt_xent(a, b, temperature):
+    """SimCLR's NT-Xent written out: 2N anchors, positive = the other view, 2N-2 negatives."""
+    z = F.normalize(torch.cat([a, b]), dim=1)
+    n = len(a)
+    similarity = z @ z.T / temperature
+    similarity.fill_diagonal_(float("-inf"))
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(similarity, positives)
+
+
+def test_simclr_loss_is_nt_xent():
+    method = build("simclr")
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 16), torch.randn(6, 16)
+    torch.testing.assert_close(method.criterion(a, b), nt_xent(a, b, 0.1))
+
+
+def test_moco_loss_uses_its_queue_and_then_enqueues_the_keys():
+    method = build("mocov2")
+    bank = method.criterion.memory_bank
+    queue_before = bank.bank.clone()  # (K, D)
+    torch.manual_seed(0)
+    query, key = torch.randn(4, 128), torch.randn(4, 128)
+    loss = method.criterion(query.requires_grad_(), key)
+    q, k = F.normalize(query, dim=1), F.normalize(key, dim=1)
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue_before.T], dim=1) / 0.2
+    torch.testing.assert_close(loss, F.cross_entropy(logits, torch.zeros(4, dtype=torch.long)))
+    torch.testing.assert_close(bank.bank[:4], k)  # the queue advanced by this batch's keys
+    assert int(bank.bank_ptr) == 4
+
+
+def test_densecl_queues_advance_after_a_step():
+    method = build("densecl")
+    one_step(method, batch=8)
+    assert int(method.global_queue.bank_ptr) == 8 and int(method.dense_queue.bank_ptr) == 8
+    torch.testing.assert_close(method.dense_queue.bank[:8].norm(dim=1), torch.ones(8))
+
+
+def test_densecl_matches_each_query_position_to_its_true_key_position():
+    torch.manual_seed(0)
+    query = torch.randn(2, 32, 9)
+    permutation = torch.randperm(9)
+    key = query[:, :, permutation] * 3.0 + 0.01 * torch.randn(2, 32, 9)  # same content, moved and rescaled
+    matches = match_positions(query, key)
+    # query position i is key position j where permutation[j] == i
+    expected = torch.argsort(permutation)
+    assert torch.equal(matches, expected.expand(2, -1))
+
+
+def test_info_nce_equals_the_written_out_cross_entropy():
+    torch.manual_seed(0)
+    q, k, negatives = torch.randn(5, 8), torch.randn(5, 8), torch.randn(8, 11)
+    manual = -torch.log_softmax(torch.cat([(q * k).sum(1, keepdim=True), q @ negatives], 1) / 0.2, dim=1)[:, 0].mean()
+    torch.testing.assert_close(info_nce(q, k, negatives, 0.2), manual)
+
+
+def test_simsiam_and_byol_losses_are_symmetric_negative_cosines():
+    for name in ("simsiam", "byol"):
+        method = build(name)
+        torch.manual_seed(0)
+        p1, p2, z1, z2 = (torch.randn(4, 16) for _ in range(4))
+        ours = 0.5 * (method.criterion(p1, z2) + method.criterion(p2, z1))
+        manual = -0.5 * (F.cosine_similarity(p1, z2).mean() + F.cosine_similarity(p2, z1).mean())
+        torch.testing.assert_close(ours, manual)
+
+
+def test_simsiam_predictor_keeps_a_fixed_learning_rate():
+    method = build("simsiam")
+    groups = method.build_optimizer(64).param_groups
+    assert [bool(g.get("fixed_lr")) for g in groups] == [False, True]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in method.prediction_head.parameters()}
+
+
+def test_shuffle_bn_returns_outputs_in_the_original_order():
+    torch.manual_seed(0)
+    images = torch.randn(8, 3)
+    out = shuffle_bn_forward(lambda x: (x * 2, x.sum(1)), images, splits=2)
+    torch.testing.assert_close(out[0], images * 2)
+    torch.testing.assert_close(out[1], images.sum(1))
+
+
+def test_pcrlv2_views_keep_a_clean_restoration_target_and_beta_decays():
+    method = build("pcrlv2")
+    images = torch.randint(0, 256, (4, 64, 64), dtype=torch.uint8)
+    views = method.make_views(images, torch.Generator().manual_seed(0))
+    global_1, global_2, target, *local = views
+    assert global_1.shape == target.shape == (4, 1, 64, 64)
+    assert len(local) == 2 and local[0].shape == (4, 1, 32, 32)
+    method.after_optimizer_step(0.0)
+    assert method.beta == pytest.approx(1.0)
+    method.after_optimizer_step(0.5)
+    assert method.beta == pytest.approx(0.5)
+    method.after_optimizer_step(1.0)
+    assert method.beta == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cutout_zeroes_square_holes():
+    images = torch.ones(3, 1, 20, 20)
+    out = cutout(images, holes=1, length=4, generator=torch.Generator().manual_seed(0))
+    zeros = (out == 0).sum(dim=(1, 2, 3))
+    assert ((zeros > 0) & (zeros <= 16)).all()  # a 4x4 square, less where clipped at a border
+
+
+def test_sup2_loads_the_given_imagenet_weights_exactly(tmp_path):
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "resnet18-imagenet.pth"
+    torch.save(reference.state_dict(), path)
+    cls = get_method("sup2")
+    hyperparameters = cls.resolve_hyperparameters({"weights_path": str(path)})
+    assert cls.unavailable_reason(hyperparameters) is None
+    exported = cls(hyperparameters).export_encoder()
+    for key, value in exported.items():
+        assert torch.equal(value, reference.state_dict()[key]), key
+    missing = cls.resolve_hyperparameters({"weights_path": str(tmp_path / "absent.pth")})
+    assert "absent.pth" in cls.unavailable_reason(missing)

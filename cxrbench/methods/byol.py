@@ -24,7 +24,7 @@ weight decay           1.5e-6                   1.5e-6          1.5e-6          
 warm-up (epochs)       10                       10              1               0
 schedule               cosine to 0, per step (all profiles)
 batch size             4096                     64              64              16
-epochs                 300-1000                 300             300             3               4 steps
+epochs                 300-1000                 300             3               4 steps
 image size             224                      224             64              64
 =====================  =======================  ==============  ==============  ==============
 

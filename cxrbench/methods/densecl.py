@@ -40,7 +40,7 @@ optimiser              SGD, momentum 0.9,    same            same            sam
 lr                     0.03 @ 256 (ImageNet) 0.0075 @ 64     0.0075 @ 64     0.001875 @ 16
 schedule               cosine to 0, no warm-up
 batch size             256                   64              64              16
-epochs                 200                   300             300             3               4 steps
+epochs                 200                   300             3               4 steps
 image size             224 (7x7 grid)        224 (7x7)       64 (2x2)        64 (2x2)
 =====================  ====================  ==============  ==============  ==============
 

@@ -23,7 +23,7 @@ lr (batch 256)         0.03 (x batch/256)    0.0075 @ 64     0.0075 @ 64     0.0
 weight decay           1e-4                  1e-4            1e-4            1e-4
 schedule               cosine to 0, no warm-up (official per epoch; here per step)
 batch size             256                   64              64              16
-epochs                 200                   300             300             3               4 steps
+epochs                 200                   300             3               4 steps
 shuffle-BN             across 8 GPUs         2 chunks        2 chunks        2 chunks
 image size             224                   224             64              64
 =====================  ====================  ==============  ==============  ==============

@@ -41,7 +41,7 @@ weight decay           1e-4                    1e-4            1e-4            1
 beta schedule          cosine 1 -> 0 over 240  over training   over training   over training
                        epochs (per epoch)      (per step)      (per step)      (per step)
 batch size             64 (4 GPUs, BN per GPU) 64              64              16
-epochs                 240                     300             300             3               4 steps
+epochs                 240                     300             3               4 steps
 =====================  ======================  ==============  ==============  ==============
 
 Deviations and why

@@ -24,7 +24,7 @@ weight decay           1e-6                  1e-6            1e-6            1e-
 warm-up (epochs)       10                    10              1               0
 schedule               cosine to 0, per step (all profiles)
 batch size             4096                  64              64              16
-epochs                 100-1000              300             300             3               4 steps
+epochs                 100-1000              300             3               4 steps
 image size             224                   224             64              64
 =====================  ====================  ==============  ==============  ==============
 

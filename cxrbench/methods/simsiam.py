@@ -22,7 +22,7 @@ predictor lr           fixed (no decay)      fixed           fixed           fix
 weight decay           1e-4                  1e-4            1e-4            1e-4
 schedule               cosine to 0, no warm-up
 batch size             512                   64              64              16
-epochs                 100                   300             300             3               4 steps
+epochs                 100                   300             3               4 steps
 image size             224                   224             64              64
 =====================  ====================  ==============  ==============  ==============
 

@@ -23,7 +23,7 @@ weight decay           1e-6               1e-6            1e-6            1e-6
 warm-up (epochs)       10                 10              1               0
 schedule               cosine to 0.001 x peak lr, per step (all profiles)
 batch size             2048               64              64              16
-epochs                 1000 (100 default) 300             300             3               4 steps
+epochs                 1000 (100 default) 300             3               4 steps
 image size             224                224             64              64
 =====================  =================  ==============  ==============  ==============
 

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 TRACKED_PACKAGES = ("cxrbench", "torch", "torchvision", "lightly", "mmengine", "numpy", "pandas", "scikit-learn")
 
 
@@ -23,6 +26,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -105,15 +105,17 @@ def command_list(args) -> int:
 def command_run(args) -> int:
     from cxrbench.benchmark.profiles import apply_overrides, available_profiles, load_profile
     from cxrbench.benchmark.protocols import PROTOCOLS
-    from cxrbench.benchmark.runner import Runner, plan_cells
+    from cxrbench.benchmark.runner import Runner, method_hyperparameters, plan_cells
     from cxrbench.datasets import available_datasets
-    from cxrbench.methods import available_methods, get_method
+    from cxrbench.methods import METHOD_GROUPS, available_methods, expand_methods, get_method
 
     methods_known = available_methods()
-    methods = methods_known if args.methods == "all" else _csv(args.methods)
+    in_all = [name for name in methods_known if get_method(name).listed_in_all]
+    methods = in_all if args.methods == "all" else _csv(args.methods)
     if not methods:
-        raise CliError(f"--methods is empty; valid: all, {', '.join(methods_known)}")
-    _check_choices("method", methods, methods_known)
+        raise CliError(f"--methods is empty; valid: all, {', '.join(list(METHOD_GROUPS) + methods_known)}")
+    _check_choices("method", methods, list(METHOD_GROUPS) + methods_known)
+    methods = expand_methods(methods)
     _check_choices("profile", [args.profile], available_profiles())
     protocols = list(PROTOCOLS) if args.protocol == "all" else _csv(args.protocol)
     _check_choices("protocol", protocols, list(PROTOCOLS) + ["all"])
@@ -132,7 +134,7 @@ def command_run(args) -> int:
         profile["pretrain"]["dataset"] = args.pretrain_dataset
     for name in methods:
         try:
-            get_method(name).resolve_hyperparameters(profile.get("methods", {}).get(name))
+            method_hyperparameters(profile, name)
         except ValueError as error:
             raise CliError(str(error)) from None
     out_dir = Path(args.out) if args.out else Path("results") / args.profile
@@ -205,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain each method once, then evaluate every cell; one JSON record per cell under OUT/cells. "
                     "Cells that already have a record are skipped, so re-running resumes. Defaults come from the profile.",
     )
-    run.add_argument("--methods", default="all", help="'all' or comma-separated names (see `bench list methods`); default: all")
+    run.add_argument("--methods", default="all",
+                     help="'all', comma-separated names (see `bench list methods`) or a group such as "
+                          "optiml-ablation; default: all")
     run.add_argument("--protocol", default="finetune", help="frozen, finetune, or all; default: finetune")
     run.add_argument("--datasets", help="comma-separated evaluation datasets; default: the profile's")
     run.add_argument("--pretrain-dataset", help="dataset the SSL methods pretrain on; default: the profile's (phantom-nih)")

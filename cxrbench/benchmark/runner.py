@@ -33,6 +33,12 @@ from cxrbench.methods import get_method
 from cxrbench.methods.base import Method
 
 
+def method_hyperparameters(profile: dict, name: str):
+    """A method's hyperparameters under a profile (its own ``methods:`` entry, or its parent's)."""
+    cls = get_method(name)
+    return cls.resolve_hyperparameters(profile.get("methods", {}).get(cls.profile_key or name))
+
+
 @dataclass(frozen=True)
 class Cell:
     method: str
@@ -107,7 +113,7 @@ class Runner:
     # --- stages
 
     def hyperparameters(self, name: str):
-        return get_method(name).resolve_hyperparameters(self.profile.get("methods", {}).get(name))
+        return method_hyperparameters(self.profile, name)
 
     def build_method(self, name: str) -> Method:
         return get_method(name)(self.hyperparameters(name))

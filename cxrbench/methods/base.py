@@ -41,6 +41,10 @@ class Method(nn.Module):
     # Supervised baselines are the first rows of every table.
     is_baseline: ClassVar[bool] = False
     pretrains: ClassVar[bool] = True
+    # ablation variants are run by name or through their group, not by ``--methods all``
+    listed_in_all: ClassVar[bool] = True
+    # the ``methods:`` entry of a profile that configures this method (variants share their parent's)
+    profile_key: ClassVar[str | None] = None
     Hyperparameters: ClassVar[type] = None  # a dataclass; official values as defaults
 
     def __init__(self, hyperparameters: Any | None = None):

@@ -23,6 +23,9 @@ METHODS = Registry("cxrbench method")
 # name -> "built-in" or the distribution (pip package) it came from
 METHOD_ORIGINS: dict[str, str] = {}
 
+# a name that --methods expands to several methods, e.g. "optiml-ablation"
+METHOD_GROUPS: dict[str, list[str]] = {}
+
 ENTRY_POINT_GROUP = "cxrbench.methods"
 _plugins_loaded = False
 
@@ -39,6 +42,20 @@ def register_method(name: str, origin: str = "built-in"):
         return cls
 
     return decorate
+
+
+def register_method_group(name: str, members: list[str]) -> None:
+    METHOD_GROUPS[name] = list(members)
+
+
+def expand_methods(names: list[str]) -> list[str]:
+    """Replace group names by their members, keeping order and dropping repeats."""
+    expanded: list[str] = []
+    for name in names:
+        for member in METHOD_GROUPS.get(name, [name]):
+            if member not in expanded:
+                expanded.append(member)
+    return expanded
 
 
 def load_plugins() -> None:

@@ -44,3 +44,22 @@ def test_a_broken_record_is_named(tmp_path):
     (tmp_path / "cells" / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         load_records(tmp_path)
+
+
+def test_table_three_lists_the_ablation_switches_with_the_full_method_last(tmp_path):
+    variants = {"optiml-ot-only": (False, False, 0.60), "optiml-no-cvsim": (True, False, 0.62),
+                "optiml-no-varcov": (False, True, 0.61), "optiml": (True, True, 0.65)}
+    for name, (varcov, cvsim, auroc) in variants.items():
+        for fraction in (1.0, 10.0):
+            write_record(tmp_path, name, auroc + fraction / 100, fraction=fraction, display=name)
+            path = tmp_path / "cells" / f"{name}__finetune__{fraction}__0.json"
+            record = json.loads(path.read_text())
+            record["method_ablation"] = {"var+cov": varcov, "CV-SIM": cvsim}
+            path.write_text(json.dumps(record))
+    write_report(tmp_path, tmp_path / "out")
+    lines = (tmp_path / "out" / "table3_ablation.md").read_text().splitlines()
+    rows = [line for line in lines if line.startswith("|") and "optiml" in line]
+    assert rows[-1].split("|")[1].strip() == "optiml"
+    assert "✓" in rows[-1] and "**0.660**" in rows[-1] and "**0.750**" in rows[-1]
+    ot_only = next(row for row in rows if "optiml-ot-only" in row)
+    assert ot_only.count("✗") == 2 and "0.610" in ot_only

@@ -189,6 +189,33 @@ def command_phantom(args) -> int:
     return 0
 
 
+def command_speed(args) -> int:
+    import json
+
+    from tabulate import tabulate
+
+    from cxrbench.benchmark import speed
+    from cxrbench.benchmark.records import atomic_write_json
+
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise CliError(f"--out {out}: expected a .json file name")
+    _check_writable(out.parent, "--out")
+    device = str(_device(args.device))
+    report = {"machine": speed.machine()}
+    print("bench speed: Sinkhorn solver against POT ot.solve_batch ...", flush=True)
+    report["sinkhorn"] = speed.sinkhorn_benchmark(batch=args.batch_size, iterations=args.iterations)
+    if not args.skip_step:
+        print(f"bench speed: OPTiML and VICReg training steps at {args.image_size} px, batch {args.batch_size} ...", flush=True)
+        report["training_step"] = speed.training_step_benchmark(args.image_size, args.batch_size, device=device)
+    atomic_write_json(out, report)
+    rows = [(f"{section}.{key}", f"{value:.4g}" if isinstance(value, float) else value)
+            for section in ("sinkhorn", "training_step") if section in report for key, value in report[section].items()]
+    print(tabulate(rows, headers=["measure", "value"], tablefmt="simple"))
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench",
@@ -236,6 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--out", default="docs/phantom-samples.png", help="image file (.png, .pdf, .svg)")
     phantom.add_argument("--profile", default="quick", help="whose image size and dataset sizes to use; default: quick")
     phantom.set_defaults(handler=command_phantom)
+
+    bench_speed = commands.add_parser(
+        "speed", help="measure speed ratios (Sinkhorn vs POT, OPTiML step vs VICReg step) in one run",
+        description="Benchmarks measured back to back in one process, reported as ratios: the batched Sinkhorn "
+                    "solver against POT's ot.solve_batch (same size and iterations) and against the memory floor, "
+                    "and an OPTiML training step against a VICReg step.")
+    bench_speed.add_argument("--out", default="reports/speed.json", help="JSON file for the figures; default: reports/speed.json")
+    bench_speed.add_argument("--batch-size", type=int, default=64, help="batch (B of the OT problems too); default: 64")
+    bench_speed.add_argument("--iterations", type=int, default=100, help="Sinkhorn iterations for both solvers; default: 100")
+    bench_speed.add_argument("--image-size", type=int, default=224, help="image size of the training steps; default: 224")
+    bench_speed.add_argument("--skip-step", action="store_true", help="only the solver benchmark")
+    bench_speed.add_argument("--device", default="auto", help="device of the training steps: auto, cpu, cuda")
+    bench_speed.set_defaults(handler=command_speed)
     return parser
 
 

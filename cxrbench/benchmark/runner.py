@@ -217,6 +217,7 @@ class Runner:
             "cell": dataclasses.asdict(cell),
             "method_display_name": method_cls.display_name,
             "method_is_baseline": method_cls.is_baseline,
+            "method_ablation": getattr(method_cls, "ablation", None),  # Table III switches, if any
             "pretrain_dataset": pretrain_record["pretrain_dataset"] if pretrain_record else None,
             "task": dataset.task,
             "label_columns": dataset.label_columns,

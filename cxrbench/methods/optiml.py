@@ -40,6 +40,7 @@ Sinkhorn eps           0.05 (spec)               0.05            0.05           
 Sinkhorn stop          1e-5 or 100 iterations    same            same            same
 optimiser              LARS, lr 3e-4, wd 1e-4    same            same            same
                        (biases/BN excluded: spec)
+LARS trust coefficient not stated; ours 1.0       1.0             1.0             1.0
 warm-up, schedule      not stated; ours:         10 epochs       1 epoch         0
                        linear warm-up + cosine
 batch size             64                        64              64              16
@@ -54,6 +55,12 @@ Ablations (Table III): ``optiml-no-varcov`` (beta = eta = 0), ``optiml-no-cvsim`
 uniform; CV-SIM is not built), ``optiml-ot-only`` (both). Without var/cov, constant features
 give M = 0 and L_OT = 0: those variants can collapse, which the per-epoch diagnostics
 (feature std, marginal entropies, plan entropy) and the record's collapse diagnostics show.
+
+Interpretation: LARS scales each layer's step to lr x eta x |w| / |grad|, so the relative
+change of a layer per step is about lr x eta. With VICReg's eta = 0.001 the paper's lr 3e-4
+would move weights by 3e-7 of their norm per step (nothing trains in any profile); VICReg's
+official setting moves them by 1.6e-3 (lr 1.6 x 0.001). We read the paper's lr as applied to
+the trust ratio alone (eta = 1): 3e-4 per step, the same order as the official VICReg.
 
 Deviations from the spec: the alternatives it names but does not make default
 (``ot.space: positions``, ``cvsim.mode: spatial``, ``cvsim.shared: false``, ``ot.grad:
@@ -93,7 +100,7 @@ class OPTiMLHyperparameters:
     base_lr: float = 3e-4  # the paper's value; not scaled with the batch size
     weight_decay: float = 1e-4
     momentum: float = 0.9
-    lars_eta: float = 0.001
+    lars_eta: float = 1.0  # trust ratio alone; see the record: 0.001 x 3e-4 would not train
     warmup_epochs: float = 10.0
     final_lr_fraction: float = 0.0
     crop_scale: tuple[float, float] = (0.08, 1.0)

@@ -1,6 +1,5 @@
 """The baseline methods: losses against their formulas, gradients, momentum encoders, queues."""
 
-import math
 
 import pytest
 import torch

@@ -190,7 +190,6 @@ def command_phantom(args) -> int:
 
 
 def command_speed(args) -> int:
-    import json
 
     from tabulate import tabulate
 

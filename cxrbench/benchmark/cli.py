@@ -190,7 +190,6 @@ def command_phantom(args) -> int:
 
 
 def command_speed(args) -> int:
-
     from tabulate import tabulate
 
     from cxrbench.benchmark import speed

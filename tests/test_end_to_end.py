@@ -96,3 +96,17 @@ def test_every_method_pretrains_and_sup2_without_weights_is_reported_missing(tmp
     for method in ran - {"sup1"}:
         record = json.loads((out / "pretrain" / f"{method}__phantom-nih" / "record.json").read_text())
         assert record["diagnostics"]["pretrained"]["effective_rank"] > 1
+
+
+def test_optiml_ablation_group_runs_and_renders_table_three(tmp_path, capsys):
+    out = tmp_path / "ablation"
+    assert main(["run", "--methods", "optiml-ablation", "--protocol", "finetune", "--profile", "smoke",
+                 "--fractions", "1,10", "--out", str(out)]) == 0
+    records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert sorted({r["cell"]["method"] for r in records}) == ["optiml", "optiml-no-cvsim", "optiml-no-varcov", "optiml-ot-only"]
+    for method in ("optiml", "optiml-ot-only"):
+        history = json.loads((out / "pretrain" / f"{method}__phantom-nih" / "record.json").read_text())["history"]
+        assert {"ot", "mu_entropy", "plan_entropy", "sinkhorn_iterations", "feature_std"} <= set(history[-1])
+    assert main(["report", "--results", str(out), "--out", str(tmp_path / "report")]) == 0
+    table = (tmp_path / "report" / "table3_ablation.md").read_text()
+    assert "var+cov" in table and "CV-SIM" in table and table.count("✓") == 4 and table.count("✗") == 4

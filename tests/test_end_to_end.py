@@ -96,6 +96,7 @@ def test_every_method_pretrains_and_sup2_without_weights_is_reported_missing(tmp
     for method in ran - {"sup1"}:
         record = json.loads((out / "pretrain" / f"{method}__phantom-nih" / "record.json").read_text())
         assert record["diagnostics"]["pretrained"]["effective_rank"] > 1
+        assert record["diagnostics"]["pretrained"]["relative_weight_change"] > 0
 
 
 def test_optiml_ablation_group_runs_and_renders_table_three(tmp_path, capsys):

@@ -8,7 +8,10 @@ pretrained encoder (and, for comparison, for a randomly initialised one):
   the sphere give about 1/sqrt(512) = 0.044.
 * ``effective_rank``: exp of the entropy of the normalised singular values of the centred
   feature matrix (Roy & Vetterli 2007): how many directions the features really use
-  (between 1 and min(N, 512)).
+  (between 1 and min(N, 512));
+* ``relative_weight_change`` (pretrained only): how far the weights moved from the
+  initialisation. Features are compared in eval mode, so BatchNorm running statistics
+  (default at initialisation, learned after pretraining) affect both numbers too.
 """
 
 from __future__ import annotations
@@ -36,3 +39,11 @@ def encoder_diagnostics(encoder_state: dict, dataset: PreparedDataset, device: t
     positions = dataset.split_positions("val")[:max_images]
     features = predict(load_encoder(encoder_state, device), dataset.images[positions], device)
     return feature_diagnostics(features)
+
+
+def relative_change(before: dict, after: dict) -> float:
+    """||w_after - w_before|| / ||w_before|| over the learnable tensors (running statistics excluded)."""
+    keys = [key for key in before if before[key].is_floating_point() and "running_" not in key]
+    difference = sum(float((after[key].float() - before[key].float()).pow(2).sum()) for key in keys)
+    norm = sum(float(before[key].float().pow(2).sum()) for key in keys)
+    return (difference / norm) ** 0.5 if norm > 0 else 0.0

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cxrbench.benchmark.diagnostics import encoder_diagnostics
+from cxrbench.benchmark.diagnostics import encoder_diagnostics, relative_change
 from cxrbench.benchmark.pretrain import pretrain
 from cxrbench.benchmark.protocols import PROTOCOLS
 from cxrbench.benchmark.records import atomic_torch_save, atomic_write_bytes, atomic_write_json, environment, now, read_json
@@ -125,9 +125,10 @@ class Runner:
         record_path, encoder_path = directory / "record.json", directory / "encoder.pth"
         if record_path.is_file() and encoder_path.is_file():
             return torch.load(encoder_path, map_location="cpu", weights_only=True), read_json(record_path)
+        seed = int(settings.get("seed", 0))
+        torch.manual_seed(seed)  # the initialisation is reproducible, and is what the diagnostics compare to
         method = self.build_method(method_name)
         dataset = self.dataset(settings["dataset"])
-        seed = int(settings.get("seed", 0))
         result = pretrain(
             method, dataset,
             batch_size=int(settings["batch_size"]), epochs=float(settings["epochs"]),
@@ -136,7 +137,10 @@ class Runner:
         )
         diagnostics = encoder_diagnostics(result.encoder_state_dict, dataset, self.device)
         torch.manual_seed(seed)
-        diagnostics_at_init = encoder_diagnostics(self.build_method(method_name).export_encoder(), dataset, self.device)
+        initial_state = self.build_method(method_name).export_encoder()
+        diagnostics_at_init = encoder_diagnostics(initial_state, dataset, self.device)
+        # how far pretraining moved the weights (BN running statistics excluded)
+        diagnostics["relative_weight_change"] = relative_change(initial_state, result.encoder_state_dict)
         record = {
             "method": method_name,
             "pretrain_dataset": settings["dataset"],

@@ -69,22 +69,16 @@ from torch import nn
 from cxrbench.methods.augment import ViewRecipe, augment
 from cxrbench.methods.backbone import FEATURE_DIM, dense_features, to_model_input
 from cxrbench.methods.base import Method
+from cxrbench.methods.mocov2 import MoCoV2Hyperparameters
 from cxrbench.methods.momentum import momentum_copy, shuffle_bn_forward, update_momentum
 from cxrbench.methods.registry import register_method
 
 
 @dataclass
-class DenseCLHyperparameters:
-    queue_size: int = 65536
-    momentum: float = 0.999
-    temperature: float = 0.2
+class DenseCLHyperparameters(MoCoV2Hyperparameters):
+    """MoCo v2's hyperparameters (same official values) plus the weight of the dense loss."""
+
     loss_lambda: float = 0.5
-    projection_dim: int = 128
-    base_lr: float = 0.03  # per 256 images
-    weight_decay: float = 1e-4
-    sgd_momentum: float = 0.9
-    shuffle_bn_splits: int = 2
-    crop_scale: tuple[float, float] = (0.2, 1.0)
 
 
 class DenseHead(nn.Module):

@@ -63,3 +63,21 @@ def test_table_three_lists_the_ablation_switches_with_the_full_method_last(tmp_p
     assert "✓" in rows[-1] and "**0.660**" in rows[-1] and "**0.750**" in rows[-1]
     ot_only = next(row for row in rows if "optiml-ot-only" in row)
     assert ot_only.count("✗") == 2 and "0.610" in ot_only
+
+
+def test_columns_follow_the_paper_and_ablation_variants_stay_out_of_table_one(tmp_path):
+    for dataset in ("phantom-rsna", "phantom-nih", "phantom-vindr"):
+        write_record(tmp_path, "sup1", 0.6, baseline=True, display="Sup.1")
+        path = tmp_path / "cells" / "sup1__finetune__1.0__0.json"
+        record = json.loads(path.read_text())
+        record["cell"]["dataset"] = dataset
+        path.rename(path.with_name(f"sup1__{dataset}.json"))
+        path.with_name(f"sup1__{dataset}.json").write_text(json.dumps(record))
+    write_record(tmp_path, "optiml-ot-only", 0.5, display="OPTiML OT only")
+    variant = tmp_path / "cells" / "optiml-ot-only__finetune__1.0__0.json"
+    record = json.loads(variant.read_text())
+    record["method_ablation"] = {"var+cov": False, "CV-SIM": False}
+    variant.write_text(json.dumps(record))
+    table, _, _ = build_table(load_records(tmp_path), "finetune")
+    assert [dataset for dataset, _ in table.columns] == ["phantom-nih", "phantom-vindr", "phantom-rsna"]
+    assert "OPTiML OT only" not in table.index

@@ -56,13 +56,25 @@ def load_records(results_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+PAPER_DATASET_ORDER = ("nih", "vindr", "rsna", "siim")  # the column order of the paper's tables
+
+
+def _column_order(column: tuple[str, float]):
+    dataset, fraction = column
+    base = dataset.removeprefix("phantom-")
+    rank = PAPER_DATASET_ORDER.index(base) if base in PAPER_DATASET_ORDER else len(PAPER_DATASET_ORDER)
+    return rank, dataset, fraction
+
+
 def _fraction_label(fraction: float) -> str:
     return "All" if fraction == 100 else f"{fraction:g}%"
 
 
 def build_table(records: pd.DataFrame, protocol: str) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
     """(rendered cells, numeric summary, baseline method) for one protocol."""
-    subset = records[records["protocol"] == protocol].dropna(subset=["mean_auroc"])
+    # ablation variants (a switch turned off) belong to Table III, not to the method comparison
+    is_variant = records["ablation"].map(lambda text: isinstance(text, str) and not all(json.loads(text).values()))
+    subset = records[(records["protocol"] == protocol) & ~is_variant].dropna(subset=["mean_auroc"])
     if subset.empty:
         return pd.DataFrame(), pd.DataFrame(), None
     summary = (
@@ -73,7 +85,7 @@ def build_table(records: pd.DataFrame, protocol: str) -> tuple[pd.DataFrame, pd.
     )
     methods = summary.drop_duplicates("method").sort_values(["is_baseline", "method"], ascending=[False, True])
     baseline = next((m for m in BASELINE_PREFERENCE if m in set(methods["method"])), None)
-    columns = sorted({(d, f) for d, f in zip(summary["dataset"], summary["label_fraction"])})
+    columns = sorted({(d, f) for d, f in zip(summary["dataset"], summary["label_fraction"])}, key=_column_order)
     lookup = {(r.method, r.dataset, r.label_fraction): r for r in summary.itertuples()}
     best = {col: max(r.mean for key, r in lookup.items() if key[1:] == col) for col in columns}
     rendered = {}

@@ -98,12 +98,13 @@ class FrozenProtocol:
         # left unscaled: dividing by its ~0 std would blow up its value on val and test
         std = torch.where(std > 1e-6, std, torch.ones_like(std))
         x = (x_all - mean) / std
+        x_train, x_val, x_test = x[train], x[val], x[test]  # gathered once, not per mini-batch
         y_train = torch.from_numpy(dataset.targets(train))
         y_val = dataset.targets(val)
         best = {"val_mean_auroc": -1.0}
         for learning_rate in config["learning_rates"]:
             generator = torch.Generator().manual_seed(seed)
-            layer = nn.Linear(x.shape[1], len(dataset.label_columns))
+            layer = nn.Linear(x_train.shape[1], len(dataset.label_columns))
             with torch.no_grad():
                 layer.weight.normal_(0, 0.01, generator=generator)
                 layer.bias.zero_()
@@ -114,13 +115,13 @@ class FrozenProtocol:
                 order = torch.randperm(len(train), generator=generator)
                 for start in range(0, len(train), batch_size):
                     chunk = order[start : start + batch_size]
-                    loss = F.binary_cross_entropy_with_logits(layer(x[train][chunk]), y_train[chunk])
+                    loss = F.binary_cross_entropy_with_logits(layer(x_train[chunk]), y_train[chunk])
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
                 if epoch % eval_every == 0 or epoch == config["epochs"]:
                     with torch.no_grad():
-                        val_scores = layer(x[val]).numpy()
+                        val_scores = layer(x_val).numpy()
                     score = auroc_per_class(y_val, val_scores, dataset.label_columns)["mean_auroc"] or 0.0
                     if score > best["val_mean_auroc"]:
                         best = {"val_mean_auroc": score, "learning_rate": learning_rate, "epoch": epoch,
@@ -128,7 +129,7 @@ class FrozenProtocol:
         trained = time.perf_counter()
         layer.load_state_dict(best.pop("state"))
         with torch.no_grad():
-            test_scores = torch.sigmoid(layer(x[test])).numpy()
+            test_scores = torch.sigmoid(layer(x_test)).numpy()
         return _test_result(dataset, test, test_scores, best, len(train), started, trained)
 
     def prepare_shared(self, encoder_state: dict, dataset: PreparedDataset, device: torch.device) -> dict:

@@ -69,7 +69,7 @@ from torch import nn
 from cxrbench.methods.augment import ViewRecipe, augment
 from cxrbench.methods.backbone import FEATURE_DIM, dense_features, to_model_input
 from cxrbench.methods.base import Method
-from cxrbench.methods.mocov2 import MoCoV2Hyperparameters
+from cxrbench.methods.mocov2 import MoCoV2Hyperparameters, moco_sgd
 from cxrbench.methods.momentum import momentum_copy, shuffle_bn_forward, update_momentum
 from cxrbench.methods.registry import register_method
 
@@ -173,7 +173,4 @@ class DenseCL(Method):
         update_momentum(self.dense_head, self.key_dense_head, m)
 
     def build_optimizer(self, batch_size):
-        hp = self.hparams
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.SGD(trainable, lr=hp.base_lr * batch_size / 256, momentum=hp.sgd_momentum,
-                               weight_decay=hp.weight_decay)
+        return moco_sgd(self, batch_size)

@@ -73,6 +73,15 @@ class MoCoV2Hyperparameters:
     crop_scale: tuple[float, float] = (0.2, 1.0)
 
 
+def moco_sgd(method, batch_size: int) -> torch.optim.SGD:
+    """MoCo's optimiser (also DenseCL's): SGD over every trainable parameter, weight decay on
+    all of them, lr = base_lr x batch / 256. Momentum copies have no gradient and are left out."""
+    hp = method.hparams
+    trainable = [p for p in method.parameters() if p.requires_grad]
+    return torch.optim.SGD(trainable, lr=hp.base_lr * batch_size / 256, momentum=hp.sgd_momentum,
+                           weight_decay=hp.weight_decay)
+
+
 @register_method("mocov2")
 class MoCoV2(Method):
     display_name = "MoCoV2"
@@ -108,7 +117,4 @@ class MoCoV2(Method):
         update_momentum(self.projection_head, self.key_projection_head, self.hparams.momentum)
 
     def build_optimizer(self, batch_size):
-        hp = self.hparams
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.SGD(trainable, lr=hp.base_lr * batch_size / 256, momentum=hp.sgd_momentum,
-                               weight_decay=hp.weight_decay)
+        return moco_sgd(self, batch_size)

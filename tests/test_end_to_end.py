@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 
 from cxrbench.benchmark.cli import main
@@ -46,7 +47,7 @@ def test_pretraining_happens_once_and_is_reused(smoke_run):
 
 def test_rerun_skips_finished_cells_and_writes_no_duplicate(smoke_run, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in (smoke_run / "cells").iterdir()}
-    assert main(["run", "--methods", "vicreg,sup1", "--protocol", "all", "--profile", "smoke", "--out", str(smoke_run)]) == 0
+    assert main(["run", "--methods", "vicreg,sup1", "--protocol", "frozen,finetune", "--profile", "smoke", "--out", str(smoke_run)]) == 0
     after = {p.name: p.stat().st_mtime_ns for p in (smoke_run / "cells").iterdir()}
     assert before == after
     assert "12 of 12 cells already have a record" in capsys.readouterr().out
@@ -84,15 +85,30 @@ def test_a_killed_run_keeps_finished_records_and_resumes(tmp_path):
     assert all(records[name] == content for name, content in finished.items())
 
 
-def test_every_method_pretrains_and_sup2_without_weights_is_reported_missing(tmp_path, monkeypatch, capsys):
+def test_the_whole_grid_runs_for_every_method_and_sup2_without_weights_is_reported_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # no cached ImageNet weights
     out = tmp_path / "all"
-    assert main(["run", "--methods", "all", "--protocol", "frozen", "--profile", "smoke", "--fractions", "100",
-                 "--out", str(out)]) == 0
+    assert main(["run", "--methods", "all", "--protocol", "all", "--profile", "smoke", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
-    ran = {json.loads(p.read_text())["cell"]["method"] for p in (out / "cells").glob("*.json")}
+    records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    ran = {record["cell"]["method"] for record in records}
     # every paper method; the OPTiML ablation variants run through their group, not through "all"
     assert ran == {"sup1", "simclr", "mocov2", "byol", "simsiam", "vicreg", "densecl", "pcrlv2", "optiml"}
+    for method in ran:  # frozen, finetune (phantom-nih) and segmentation (phantom-siim) at 1, 10, 100 %
+        cells = {(r["cell"]["protocol"], r["cell"]["dataset"], r["cell"]["label_fraction"]) for r in records if r["cell"]["method"] == method}
+        assert cells == {(protocol, dataset, fraction) for protocol, dataset in
+                         [("frozen", "phantom-nih"), ("finetune", "phantom-nih"), ("segmentation", "phantom-siim")]
+                         for fraction in (1.0, 10.0, 100.0)}
+    for record in records:
+        interval = record["bootstrap"]
+        score = record["metrics"][record["headline_metric"]]
+        assert interval["low"] <= score <= interval["high"], record["cell"]
+    segmentation = [r for r in records if r["cell"]["protocol"] == "segmentation"]
+    assert all({"dice_per_image", "dice_global", "iou_per_image", "hd95"} <= set(r["metrics"]) for r in segmentation)
+    # the paired tests against the baseline row cover every other method's cells
+    tests = pd.read_csv(out / "paired-tests.csv")
+    assert set(tests["method"]) == ran - {"sup1"} and set(tests["baseline"]) == {"sup1"}
+    assert len(tests) == (len(ran) - 1) * 9 and tests["p_value"].between(0, 1).all()
     assert "missing: sup2: ResNet-18 ImageNet weights are not in the torch hub cache" in stdout
     for method in ran - {"sup1"}:
         record = json.loads((out / "pretrain" / f"{method}__phantom-nih" / "record.json").read_text())

@@ -7,7 +7,7 @@ import torchvision
 
 from cxrbench.benchmark.metrics import auroc_per_class
 from cxrbench.benchmark.pretrain import learning_rate_factor, pretrain
-from cxrbench.benchmark.protocols import PROTOCOLS
+from cxrbench.benchmark.protocol_registry import PROTOCOLS
 from cxrbench.methods import get_method
 
 
@@ -50,9 +50,9 @@ def test_protocols_touch_test_once_with_the_selected_model(protocol_name, smoke_
     shared = protocol.prepare_shared(state, smoke_nih, torch.device("cpu"))
     result = protocol.run(state, smoke_nih, 100, 0, smoke_profile["evaluation"][protocol_name], torch.device("cpu"), shared)
     test = smoke_nih.split_positions("test")
-    assert result.test_scores.shape == (len(test), len(smoke_nih.label_columns))
-    assert result.test_image_ids == smoke_nih.index["image_id"].iloc[test].tolist()
-    assert 0 <= result.selection["val_mean_auroc"] <= 1
+    assert result.predictions["scores"].shape == (len(test), len(smoke_nih.label_columns))
+    assert result.predictions["image_ids"].tolist() == smoke_nih.index["image_id"].iloc[test].tolist()
+    assert 0 <= result.selection["val_score"] <= 1 and result.selection["val_metric"] == "mean_auroc"
     assert result.num_train_images == len(smoke_nih.split_positions("train"))
 
 
@@ -65,3 +65,13 @@ def test_frozen_probe_learns_a_linearly_separable_label(smoke_nih, smoke_profile
     result = PROTOCOLS["frozen"].run(None, smoke_nih, 100, 0, config, torch.device("cpu"), {"features": features})
     defined = [v for v in result.metrics["per_class_auroc"].values() if v is not None]
     assert defined and min(defined) > 0.99
+
+
+def test_finetune_stops_after_patience_evaluations_without_improvement(smoke_nih, smoke_profile):
+    torch.manual_seed(0)
+    state = get_method("sup1")().export_encoder()
+    config = dict(smoke_profile["evaluation"]["finetune"], max_steps=12, eval_every=1, patience=2)
+    result = PROTOCOLS["finetune"].run(state, smoke_nih, 100, 0, config, torch.device("cpu"))
+    selection = result.selection
+    # training ends exactly two evaluations after the best one (or at the budget)
+    assert selection["steps_run"] == min(12, selection["step"] + 2)

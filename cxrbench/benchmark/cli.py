@@ -77,7 +77,7 @@ def _device(name: str):
 
 def command_list(args) -> int:
     from cxrbench.benchmark.profiles import available_profiles, load_profile
-    from cxrbench.benchmark.protocols import PROTOCOLS
+    from cxrbench.benchmark.protocol_registry import PROTOCOLS
     from cxrbench.datasets import DATASET_ORIGINS, DATASETS, available_datasets
     from cxrbench.methods import METHOD_ORIGINS, available_methods, get_method
 
@@ -104,9 +104,10 @@ def command_list(args) -> int:
 
 def command_run(args) -> int:
     from cxrbench.benchmark.profiles import apply_overrides, available_profiles, load_profile
-    from cxrbench.benchmark.protocols import PROTOCOLS
+    from cxrbench.benchmark.protocol_registry import PROTOCOLS
+    from cxrbench.benchmark.comparisons import write_paired_tests
     from cxrbench.benchmark.runner import Runner, method_hyperparameters, plan_cells
-    from cxrbench.datasets import available_datasets
+    from cxrbench.datasets import DATASETS, available_datasets
     from cxrbench.methods import METHOD_GROUPS, available_methods, expand_methods, get_method
 
     methods_known = available_methods()
@@ -125,8 +126,20 @@ def command_run(args) -> int:
     except ValueError as error:
         raise CliError(str(error)) from None
     evaluation = profile["evaluation"]
-    datasets = _csv(args.datasets) if args.datasets else list(evaluation["datasets"])
-    _check_choices("dataset", datasets, available_datasets())
+    requested = _csv(args.datasets) if args.datasets else None
+    if requested is not None:
+        _check_choices("dataset", requested, available_datasets())
+    datasets_by_protocol = {}
+    for protocol in protocols:
+        accepts = PROTOCOLS[protocol].tasks
+        if requested is None:  # the profile's list for this protocol, else its classification list
+            chosen = list(evaluation.get(protocol, {}).get("datasets", evaluation["datasets"]))
+        else:
+            chosen = [name for name in requested if DATASETS.get(name)().task in accepts]
+            if not chosen and len(protocols) == 1:
+                raise CliError(f"--datasets {args.datasets}: none is a {'/'.join(accepts)} dataset, "
+                               f"which the {protocol} protocol needs")
+        datasets_by_protocol[protocol] = chosen
     fractions = _parse_fractions(args.fractions) if args.fractions else [float(f) for f in evaluation["fractions"]]
     seeds = _parse_seeds(args.seeds) if args.seeds else [int(s) for s in evaluation["seeds"]]
     if args.pretrain_dataset:
@@ -145,15 +158,18 @@ def command_run(args) -> int:
                        f"use a new --out, or the same profile and --set values")
     device = _device(args.device)
 
-    cells = plan_cells(methods, datasets, protocols, fractions, seeds)
-    print(f"bench run: {len(methods)} method(s) x {len(datasets)} dataset(s) x {len(protocols)} protocol(s) x "
-          f"{len(fractions)} fraction(s) x {len(seeds)} seed(s) = {len(cells)} cells; profile {args.profile}; "
-          f"records in {out_dir}", flush=True)
+    cells = [cell for protocol, datasets in datasets_by_protocol.items()
+             for cell in plan_cells(methods, datasets, [protocol], fractions, seeds)]
+    plan = "; ".join(f"{protocol} on {', '.join(datasets) or 'no dataset'}" for protocol, datasets in datasets_by_protocol.items())
+    print(f"bench run: {len(methods)} method(s) x ({plan}) x {len(fractions)} fraction(s) x {len(seeds)} seed(s) "
+          f"= {len(cells)} cells; profile {args.profile}; records in {out_dir}", flush=True)
     started = time.perf_counter()
     runner = Runner(profile, out_dir, device)
     written = runner.run(cells)
+    tests = write_paired_tests(out_dir, resamples=int(evaluation.get("bootstrap_resamples", 1000)))
     for method, reason in runner.missing.items():
         print(f"bench run: missing: {method}: {reason}")
+    print(f"bench run: paired bootstrap tests against the baseline row in {tests}")
     print(f"bench run: {len(written)} new record(s) in {time.perf_counter() - started:.0f}s; "
           f"render tables with: bench report --results {out_dir} --out reports/{out_dir.name}")
     return 0
@@ -235,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", default="all",
                      help="'all', comma-separated names (see `bench list methods`) or a group such as "
                           "optiml-ablation; default: all")
-    run.add_argument("--protocol", default="finetune", help="frozen, finetune, or all; default: finetune")
+    run.add_argument("--protocol", default="finetune",
+                     help="comma-separated: frozen, finetune, segmentation, or all; default: finetune. Classification "
+                          "protocols use the profile's evaluation.datasets, segmentation its own list (phantom-siim)")
     run.add_argument("--datasets", help="comma-separated evaluation datasets; default: the profile's")
     run.add_argument("--pretrain-dataset", help="dataset the SSL methods pretrain on; default: the profile's (phantom-nih)")
     run.add_argument("--fractions", help="label fractions in percent, e.g. 1,10,100; default: the profile's")

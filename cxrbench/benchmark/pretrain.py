@@ -4,18 +4,30 @@ The schedule is the one the SimCLR/BYOL/VICReg reference code shares: linear war
 learning rate, then cosine decay to ``final_lr_fraction`` of the peak, stepped per iteration.
 A method that needs another schedule says so through its hyperparameters
 (``warmup_epochs``, ``final_lr_fraction``).
+
+With a ``checkpoint_dir`` the loop saves, atomically at the end of every epoch, everything it
+needs to continue: the method (parameters, buffers, plain attributes), the optimiser, the
+step, the data order and position, the history and both random generators. Started again
+with the same arguments it resumes from the newest readable checkpoint (a truncated or
+corrupt one is reported and the one before it used) and ends with the same weights as an
+uninterrupted run on CPU.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cxrbench.benchmark.records import atomic_torch_save
 from cxrbench.datasets.prepared import PreparedDataset
 from cxrbench.methods.base import Method
 
@@ -38,6 +50,40 @@ def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, final_f
     return final_fraction + (1 - final_fraction) * cosine
 
 
+CHECKPOINT_PATTERN = "epoch-*.pt"
+KEEP_CHECKPOINTS = 2  # the newest and the one before it, in case the newest is unreadable
+
+
+def latest_checkpoint(checkpoint_dir: Path | None) -> dict | None:
+    """The newest checkpoint that loads completely, or None; unreadable ones are reported."""
+    if checkpoint_dir is None:
+        return None
+    for path in sorted(Path(checkpoint_dir).glob(CHECKPOINT_PATTERN), reverse=True):
+        try:
+            # our own file, holding optimiser state and RNG states, so not weights-only
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict) or state.get("format") != "cxrbench-pretrain-checkpoint-1":
+                raise ValueError("not a cxrbench pretraining checkpoint")
+            return state
+        except Exception as error:  # truncated zip, wrong content: fall back to the previous one
+            warnings.warn(f"{path}: unreadable checkpoint ({type(error).__name__}: {error}); trying the previous one", stacklevel=2)
+    return None
+
+
+def _save_checkpoint(checkpoint_dir: Path, epoch: int, state: dict) -> None:
+    checkpoint_dir = Path(checkpoint_dir)
+    atomic_torch_save(checkpoint_dir / f"epoch-{epoch:05d}.pt", state)
+    for old in sorted(checkpoint_dir.glob(CHECKPOINT_PATTERN))[:-KEEP_CHECKPOINTS]:
+        old.unlink(missing_ok=True)
+
+
+def _fault_injection(step: int) -> None:
+    """Test hook: ``CXRBENCH_KILL_AT_STEP=N`` kills this process with SIGKILL before step N."""
+    target = os.environ.get("CXRBENCH_KILL_AT_STEP")
+    if target is not None and step == int(target):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def pretrain(
     method: Method,
     dataset: PreparedDataset,
@@ -48,6 +94,7 @@ def pretrain(
     seed: int,
     device: torch.device,
     description: str = "pretrain",
+    checkpoint_dir: Path | None = None,
 ) -> PretrainResult:
     """Pretrain ``method`` on the training split of ``dataset`` (labels are never read)."""
     started = time.perf_counter()
@@ -71,9 +118,23 @@ def pretrain(
     history: list[dict] = []
     epoch_logs: dict[str, list[float]] = {}
     order = torch.randperm(len(images), generator=generator)
-    position = 0
-    bar = tqdm(total=total_steps, desc=description, unit="step", leave=False, disable=None)
-    for step in range(total_steps):
+    position, first_step, seconds_before = 0, 0, 0.0
+    resumed = latest_checkpoint(checkpoint_dir)
+    if resumed is not None:
+        if resumed["total_steps"] != total_steps or resumed["batch_size"] != batch_size:
+            raise ValueError(f"{checkpoint_dir}: checkpoint of another schedule ({resumed['total_steps']} steps of "
+                             f"{resumed['batch_size']}), expected {total_steps} steps of {batch_size}")
+        method.load_checkpoint_state(resumed["method"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        generator.set_state(resumed["generator"])
+        torch.set_rng_state(resumed["torch_rng"])
+        if resumed.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(resumed["cuda_rng"])
+        order, position, history = resumed["order"], resumed["position"], resumed["history"]
+        first_step, seconds_before = resumed["step"], resumed["seconds"]
+    bar = tqdm(total=total_steps, initial=first_step, desc=description, unit="step", leave=False, disable=None)
+    for step in range(first_step, total_steps):
+        _fault_injection(step)
         if position + batch_size > len(images):
             order, position = torch.randperm(len(images), generator=generator), 0
         batch = images[order[position : position + batch_size]].to(device, non_blocking=True)
@@ -98,6 +159,16 @@ def pretrain(
             history.append({"epoch": len(history) + 1, "step": step + 1, "lr": peak_lrs[0] * factor}
                            | {key: float(np.mean(values)) for key, values in epoch_logs.items()})
             epoch_logs = {}
+            if checkpoint_dir is not None and step + 1 < total_steps:
+                _save_checkpoint(checkpoint_dir, len(history), {
+                    "format": "cxrbench-pretrain-checkpoint-1",
+                    "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                    "order": order, "position": position, "history": history, "step": step + 1,
+                    "total_steps": total_steps, "batch_size": batch_size,
+                    "seconds": seconds_before + time.perf_counter() - started,
+                })
     bar.close()
     method.eval()
     return PretrainResult(
@@ -105,5 +176,5 @@ def pretrain(
         history=history,
         steps=total_steps,
         epochs=total_steps / steps_per_epoch,
-        seconds=time.perf_counter() - started,
+        seconds=seconds_before + time.perf_counter() - started,
     )

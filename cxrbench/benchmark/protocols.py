@@ -1,4 +1,4 @@
-"""Evaluation protocols: ``frozen`` (linear probe) and ``finetune`` (whole network).
+"""Classification protocols: ``frozen`` (linear probe) and ``finetune`` (whole network).
 
 Both select on the validation split and touch the test split exactly once, with the
 selected model. A protocol receives an encoder state dict and a prepared dataset; it never
@@ -27,11 +27,10 @@ from cxrbench.methods.backbone import FEATURE_DIM, resnet18_encoder, to_model_in
 @dataclass
 class ProtocolResult:
     metrics: dict
-    selection: dict
+    headline: str  # the key of ``metrics`` that tables report (mean_auroc, dice_per_image)
+    selection: dict  # what validation selected, with its score under ``val_score``
     num_train_images: int
-    test_scores: np.ndarray
-    test_targets: np.ndarray
-    test_image_ids: list[str]
+    predictions: dict[str, np.ndarray]  # test predictions, stored with the record
     timing: dict = field(default_factory=dict)
 
 
@@ -41,11 +40,11 @@ def _test_result(dataset: PreparedDataset, test: np.ndarray, test_scores: np.nda
     test_targets = dataset.targets(test)
     return ProtocolResult(
         metrics=auroc_per_class(test_targets, test_scores, dataset.label_columns),
+        headline="mean_auroc",
         selection=selection,
         num_train_images=num_train_images,
-        test_scores=test_scores,
-        test_targets=test_targets,
-        test_image_ids=dataset.index["image_id"].iloc[test].tolist(),
+        predictions={"scores": test_scores.astype(np.float32), "targets": test_targets.astype(np.uint8),
+                     "image_ids": np.array(dataset.index["image_id"].iloc[test].tolist())},
         timing={"train_s": trained - started, "test_s": time.perf_counter() - trained},
     )
 
@@ -84,6 +83,7 @@ class FrozenProtocol:
     """
 
     name = "frozen"
+    tasks = ("multilabel", "binary")
     description = "linear classifier on a frozen encoder (features cached per encoder)"
 
     def run(self, encoder_state: dict, dataset: PreparedDataset, label_fraction: float, seed: int,
@@ -101,7 +101,7 @@ class FrozenProtocol:
         x_train, x_val, x_test = x[train], x[val], x[test]  # gathered once, not per mini-batch
         y_train = torch.from_numpy(dataset.targets(train))
         y_val = dataset.targets(val)
-        best = {"val_mean_auroc": -1.0}
+        best = {"val_score": -1.0}
         for learning_rate in config["learning_rates"]:
             generator = torch.Generator().manual_seed(seed)
             layer = nn.Linear(x_train.shape[1], len(dataset.label_columns))
@@ -123,8 +123,8 @@ class FrozenProtocol:
                     with torch.no_grad():
                         val_scores = layer(x_val).numpy()
                     score = auroc_per_class(y_val, val_scores, dataset.label_columns)["mean_auroc"] or 0.0
-                    if score > best["val_mean_auroc"]:
-                        best = {"val_mean_auroc": score, "learning_rate": learning_rate, "epoch": epoch,
+                    if score > best["val_score"]:
+                        best = {"val_score": score, "val_metric": "mean_auroc", "learning_rate": learning_rate, "epoch": epoch,
                                 "state": copy.deepcopy(layer.state_dict())}
         trained = time.perf_counter()
         layer.load_state_dict(best.pop("state"))
@@ -150,6 +150,7 @@ class FinetuneProtocol:
     """
 
     name = "finetune"
+    tasks = ("multilabel", "binary")
     description = "encoder and linear head trained end to end, best validation checkpoint"
 
     def prepare_shared(self, encoder_state, dataset, device):
@@ -171,7 +172,8 @@ class FinetuneProtocol:
         train_targets = torch.from_numpy(dataset.targets(train)).to(device)
         val_targets = dataset.targets(val)
         size = dataset.image_size
-        best = {"val_mean_auroc": -1.0}
+        best = {"val_score": -1.0}
+        evaluations_since_best = 0
         order, position = torch.randperm(len(train), generator=generator), 0
         model.train()
         for step in tqdm(range(1, total_steps + 1), desc="finetune", unit="step", leave=False, disable=None):
@@ -187,14 +189,17 @@ class FinetuneProtocol:
             if step % config["eval_every"] == 0 or step == total_steps:
                 val_scores = predict(model, dataset.images[val], device)
                 score = auroc_per_class(val_targets, val_scores, dataset.label_columns)["mean_auroc"] or 0.0
-                if score > best["val_mean_auroc"]:
-                    best = {"val_mean_auroc": score, "step": step,
+                if score > best["val_score"]:
+                    best = {"val_score": score, "val_metric": "mean_auroc", "step": step,
                             "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                    evaluations_since_best = 0
+                else:
+                    evaluations_since_best += 1
+                    if config.get("patience") and evaluations_since_best >= config["patience"]:
+                        break  # early stopping: no better validation score for `patience` evaluations
         trained = time.perf_counter()
         model.load_state_dict(best.pop("state"))
         test_scores = expit(predict(model, dataset.images[test], device))
-        best["total_steps"] = total_steps
+        best["total_steps"], best["steps_run"] = total_steps, step
         return _test_result(dataset, test, test_scores, best, len(train), started, trained)
 
-
-PROTOCOLS = {protocol.name: protocol for protocol in (FrozenProtocol(), FinetuneProtocol())}

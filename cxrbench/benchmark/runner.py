@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ from tqdm.auto import tqdm
 
 from cxrbench.benchmark.diagnostics import encoder_diagnostics, relative_change
 from cxrbench.benchmark.pretrain import pretrain
-from cxrbench.benchmark.protocols import PROTOCOLS
+from cxrbench.benchmark.protocol_registry import PROTOCOLS
+from cxrbench.benchmark.statistics import bootstrap_interval, statistic_from_predictions
 from cxrbench.benchmark.records import atomic_torch_save, atomic_write_bytes, atomic_write_json, environment, now, read_json
 from cxrbench.datasets import DATASETS, PreparedDataset
 from cxrbench.methods import get_method
@@ -133,7 +135,7 @@ class Runner:
             method, dataset,
             batch_size=int(settings["batch_size"]), epochs=float(settings["epochs"]),
             max_steps=settings.get("max_steps"), seed=seed, device=self.device,
-            description=f"pretrain {method_name}",
+            description=f"pretrain {method_name}", checkpoint_dir=directory / "checkpoints",
         )
         diagnostics = encoder_diagnostics(result.encoder_state_dict, dataset, self.device)
         torch.manual_seed(seed)
@@ -159,6 +161,7 @@ class Runner:
         # encoder first, record last: a record only exists next to a complete encoder
         atomic_torch_save(encoder_path, result.encoder_state_dict)
         atomic_write_json(record_path, record)
+        shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # only needed to resume this stage
         last = result.history[-1] if result.history else {}
         self.echo(
             f"pretrained {method_name} on {settings['dataset']}: {result.steps} steps in {result.seconds:.1f}s, "
@@ -217,6 +220,7 @@ class Runner:
         config = self.profile["evaluation"][cell.protocol]
         result = protocol.run(encoder_state, dataset, cell.label_fraction, cell.seed, config, self.device, shared_cache[cache_key])
         predictions_name = f"{cell.record_name}.predictions.npz"
+        interval = self._bootstrap_interval(result.predictions)
         record = {
             "cell": dataclasses.asdict(cell),
             "method_display_name": method_cls.display_name,
@@ -226,7 +230,9 @@ class Runner:
             "task": dataset.task,
             "label_columns": dataset.label_columns,
             "num_train_images": result.num_train_images,
+            "headline_metric": result.headline,
             "metrics": result.metrics,
+            "bootstrap": interval,
             "selection": result.selection,
             "timing": {
                 "pretrain_s": pretrain_record["seconds"] if pretrain_record else 0.0,
@@ -244,19 +250,25 @@ class Runner:
             "created": now(),
         }
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, scores=result.test_scores.astype(np.float32), targets=result.test_targets.astype(np.uint8),
-                            image_ids=np.array(result.test_image_ids))
+        np.savez_compressed(buffer, **result.predictions)
         # predictions first, record last: the record is what marks the cell done
         atomic_write_bytes(self.cell_path(cell).with_name(predictions_name), buffer.getvalue())
         atomic_write_json(self.cell_path(cell), record)
-        mean = result.metrics["mean_auroc"]
+        score = result.metrics[result.headline]
         self.echo(
-            f"{cell.method:>10} {cell.dataset:>14} {cell.protocol:>8} {cell.label_fraction:>5g}% seed {cell.seed}: "
-            f"mean AUROC {mean:.4f} (val {result.selection['val_mean_auroc']:.4f}, n={result.num_train_images}, "
-            f"{result.timing['train_s'] + shared_seconds:.1f}s)" if mean is not None else
-            f"{cell.record_name}: mean AUROC undefined (no test positives)"
+            f"{cell.method:>10} {cell.dataset:>14} {cell.protocol:>12} {cell.label_fraction:>5g}% seed {cell.seed}: "
+            + (f"{result.headline} {score:.4f} [{interval['low']:.4f}, {interval['high']:.4f}]" if score is not None and interval['low'] is not None
+               else f"{result.headline} undefined (no test positives)")
+            + f" (val {result.selection['val_score']:.4f}, n={result.num_train_images}, {result.timing['train_s'] + shared_seconds:.1f}s)"
         )
         return record
+
+
+    def _bootstrap_interval(self, predictions: dict) -> dict:
+        name, statistic = statistic_from_predictions(predictions)
+        resamples = int(self.profile["evaluation"].get("bootstrap_resamples", 1000))
+        count = len(predictions["image_ids"])
+        return {"statistic": name, **bootstrap_interval(statistic, count, resamples=resamples, seed=0).as_dict(0.95)}
 
 
 def _differences(stored, current, prefix: str = ""):

@@ -8,7 +8,10 @@ The runner never branches on a method's name. It asks a method for
 * ``build_optimizer(...)`` its optimiser (official choice: LARS, SGD, Adam ...);
 * ``after_optimizer_step(progress)``  hooks such as momentum-encoder updates;
 * ``encoder``             the torchvision ResNet-18 trunk it trains and exports;
-* ``unavailable_reason``  why it cannot run here (weights it cannot load), if so.
+* ``unavailable_reason``  why it cannot run here (weights it cannot load), if so;
+* ``checkpoint_state()`` / ``load_checkpoint_state()``  everything a resumed pretraining
+  needs: parameters, *all* buffers (lightly's queues are non-persistent buffers, absent
+  from ``state_dict``) and the plain attributes named in ``checkpoint_attributes``.
 
 A hyperparameter dataclass may carry ``encoder_init`` ("random" or "imagenet") and
 ``weights_path``; the base class builds the encoder from them.
@@ -21,6 +24,7 @@ stored in every record.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, ClassVar
 
@@ -46,6 +50,9 @@ class Method(nn.Module):
     # the ``methods:`` entry of a profile that configures this method (variants share their parent's)
     profile_key: ClassVar[str | None] = None
     Hyperparameters: ClassVar[type] = None  # a dataclass; official values as defaults
+    # non-tensor attributes that change during pretraining (a schedule's current value, a
+    # Python RNG): saved in checkpoints so a resumed run continues exactly where it stopped
+    checkpoint_attributes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, hyperparameters: Any | None = None):
         super().__init__()
@@ -78,6 +85,22 @@ class Method(nn.Module):
 
     def export_encoder(self) -> dict[str, torch.Tensor]:
         return encoder_state_dict(self.encoder)
+
+    def checkpoint_state(self) -> dict:
+        return {
+            "state_dict": self.state_dict(),
+            "buffers": {name: buffer.detach().clone() for name, buffer in self.named_buffers()},
+            "attributes": {name: copy.deepcopy(getattr(self, name)) for name in self.checkpoint_attributes},
+        }
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.load_state_dict(state["state_dict"])
+        buffers = dict(self.named_buffers())
+        with torch.no_grad():
+            for name, value in state["buffers"].items():
+                buffers[name].copy_(value)
+        for name, value in state["attributes"].items():
+            setattr(self, name, value)
 
     # --- the pretraining interface (methods with ``pretrains = False`` need none of it)
 

@@ -76,6 +76,7 @@ class BYOL(Method):
     display_name = "BYOL"
     description = "Bootstrap your own latent: predictor + EMA target, no negatives (Grill et al. 2020)"
     Hyperparameters = BYOLHyperparameters
+    checkpoint_attributes = ("target_momentum",)
 
     def __init__(self, hyperparameters: BYOLHyperparameters | None = None):
         super().__init__(hyperparameters)

@@ -159,6 +159,7 @@ class PCRLv2(Method):
     display_name = "PCRLv2"
     description = "Preservational contrastive learning v2: multi-scale restoration + SimSiam-style global/local (Zhou et al. 2023)"
     Hyperparameters = PCRLv2Hyperparameters
+    checkpoint_attributes = ("beta", "scale_rng")
 
     def __init__(self, hyperparameters: PCRLv2Hyperparameters | None = None):
         super().__init__(hyperparameters)

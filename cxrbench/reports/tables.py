@@ -16,13 +16,16 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from cxrbench.benchmark.comparisons import BASELINE_PREFERENCE
 from cxrbench.benchmark.records import atomic_write_bytes
 
+# protocol -> (file stem, title, metric column, what the cells are)
 TABLES = {
-    "finetune": ("table1_finetune", "Table I: fine-tuning (encoder and linear head trained)"),
-    "frozen": ("table2_frozen", "Table II: linear evaluation (frozen encoder)"),
+    "finetune": ("table1_finetune", "Table I: fine-tuning (encoder and linear head trained)", "mean_auroc", "Mean AUROC x 100"),
+    "frozen": ("table2_frozen", "Table II: linear evaluation (frozen encoder)", "mean_auroc", "Mean AUROC x 100"),
+    "segmentation": ("segmentation", "Segmentation transfer (Figure 3): ResNet-18 U-Net", "dice_per_image",
+                     "Dice x 100 per image (an empty prediction on an empty mask scores 100)"),
 }
-BASELINE_PREFERENCE = ("sup2", "sup1")
 
 
 class ReportError(ValueError):
@@ -48,7 +51,8 @@ def load_records(results_dir: Path) -> pd.DataFrame:
                 "protocol": cell["protocol"],
                 "label_fraction": float(cell["label_fraction"]),
                 "seed": int(cell["seed"]),
-                "mean_auroc": record["metrics"]["mean_auroc"],
+                "mean_auroc": record["metrics"].get("mean_auroc"),
+                "dice_per_image": record["metrics"].get("dice_per_image"),
                 "ablation": json.dumps(record.get("method_ablation")) if record.get("method_ablation") else None,
             })
         except (KeyError, json.JSONDecodeError) as error:
@@ -70,16 +74,16 @@ def _fraction_label(fraction: float) -> str:
     return "All" if fraction == 100 else f"{fraction:g}%"
 
 
-def build_table(records: pd.DataFrame, protocol: str) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
-    """(rendered cells, numeric summary, baseline method) for one protocol."""
+def build_table(records: pd.DataFrame, protocol: str, metric: str = "mean_auroc") -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+    """(rendered cells, numeric summary, baseline method) for one protocol; values are ``metric`` x 100."""
     # ablation variants (a switch turned off) belong to Table III, not to the method comparison
     is_variant = records["ablation"].map(lambda text: isinstance(text, str) and not all(json.loads(text).values()))
-    subset = records[(records["protocol"] == protocol) & ~is_variant].dropna(subset=["mean_auroc"])
+    subset = records[(records["protocol"] == protocol) & ~is_variant].dropna(subset=[metric])
     if subset.empty:
         return pd.DataFrame(), pd.DataFrame(), None
     summary = (
-        subset.assign(auroc=subset["mean_auroc"] * 100)
-        .groupby(["method", "display_name", "is_baseline", "dataset", "label_fraction"])["auroc"]
+        subset.assign(score=subset[metric] * 100)
+        .groupby(["method", "display_name", "is_baseline", "dataset", "label_fraction"])["score"]
         .agg(mean="mean", std="std", seeds="count")
         .reset_index()
     )
@@ -160,16 +164,16 @@ def write_report(results_dir: Path, out_dir: Path) -> list[Path]:
     records = load_records(results_dir)
     out_dir = Path(out_dir)
     written = []
-    for protocol, (stem, title) in TABLES.items():
-        table, summary, baseline = build_table(records, protocol)
+    for protocol, (stem, title, metric, what) in TABLES.items():
+        table, summary, baseline = build_table(records, protocol, metric)
         if table.empty:
             continue
         baseline_name = {"sup2": "Sup.2 (ImageNet init)", "sup1": "Sup.1 (random init)"}.get(baseline, baseline)
         caption = (
-            f"{title}. Mean AUROC x 100 on the test split; in parentheses the difference to the "
+            f"{title}. {what} on the test split; in parentheses the difference to the "
             f"baseline row (bs), {baseline_name}" + ("" if baseline == "sup2" else ", because Sup.2 has no records")
             + "; best per column in bold; mean ± std over seeds where there are several."
-            if baseline else f"{title}. Mean AUROC x 100 on the test split; no supervised baseline row in these records."
+            if baseline else f"{title}. {what} on the test split; no supervised baseline row in these records."
         )
         markdown = render_markdown(table, caption)
         atomic_write_bytes(out_dir / f"{stem}.md", markdown.encode())
@@ -185,5 +189,5 @@ def write_report(results_dir: Path, out_dir: Path) -> list[Path]:
         atomic_write_bytes(out_dir / "table3_ablation.csv", ablation.to_csv(index=False).encode())
         written += [out_dir / "table3_ablation.md", out_dir / "table3_ablation.csv"]
     if not written:
-        raise ReportError(f"{results_dir}: records hold no finetune or frozen results with a defined AUROC")
+        raise ReportError(f"{results_dir}: records hold no finetune, frozen or segmentation results with a defined score")
     return written

@@ -14,7 +14,8 @@ import argparse
 import torch
 
 from cxrbench.benchmark.profiles import load_profile
-from cxrbench.benchmark.protocols import PROTOCOLS, _as_input, load_encoder
+from cxrbench.benchmark.protocol_registry import PROTOCOLS
+from cxrbench.benchmark.protocols import _as_input, load_encoder
 from cxrbench.datasets import DATASETS
 from cxrbench.methods import get_method
 from cxrbench.methods.backbone import encoder_state_dict

@@ -145,6 +145,17 @@ def command_run(args) -> int:
     if args.pretrain_dataset:
         _check_choices("pretraining dataset", [args.pretrain_dataset], available_datasets())
         profile["pretrain"]["dataset"] = args.pretrain_dataset
+    if args.data_root:
+        if not Path(args.data_root).is_dir():
+            raise CliError(f"--data-root {args.data_root}: no such directory (expected the parent of bench prepare's --out)")
+        profile["data"]["root"] = str(Path(args.data_root).resolve())
+    needed = {name for names in datasets_by_protocol.values() for name in names}
+    if any(get_method(name).pretrains for name in methods):
+        needed.add(profile["pretrain"]["dataset"])
+    for name in sorted(needed):
+        reason = DATASETS.get(name)().unavailable_reason(profile["data"])
+        if reason:
+            raise CliError(reason)
     for name in methods:
         try:
             method_hyperparameters(profile, name)
@@ -189,6 +200,30 @@ def command_report(args) -> int:
         raise CliError(str(error)) from None
     for path in written:
         print(path)
+    return 0
+
+
+def command_prepare(args) -> int:
+    from cxrbench.datasets.prepare import READERS, prepare_dataset
+    from cxrbench.datasets.real.common import PrepareError
+
+    _check_choices("dataset", [args.dataset], sorted(READERS))
+    if args.size < 32 or args.size % 32:
+        raise CliError(f"--size {args.size}: expected a multiple of 32 (the U-Net halves it five times), at least 32")
+    out = Path(args.out)
+    _check_writable(out.parent if out.parent != Path("") else Path("."), "--out")
+    try:
+        manifest = prepare_dataset(
+            args.dataset, Path(args.root), out, size=args.size, strict=args.strict, seed=args.seed,
+            seeds=tuple(_parse_seeds(args.subset_seeds)), fractions=tuple(_parse_fractions(args.fractions)),
+            splits=args.splits, splits_dir=Path(args.splits_dir) if args.splits_dir else None,
+            label_rule=args.label_rule, workers=args.workers,
+        )
+    except PrepareError as error:
+        raise CliError(str(error)) from None
+    counts = ", ".join(f"{part} {count}" for part, count in manifest["counts_per_split"].items())
+    print(f"bench prepare: {args.dataset}: {manifest['num_images']} images ({counts}) at {args.size} px in {out}; "
+          f"{len(manifest['skipped'])} problem(s) listed in {out / 'manifest.json'}")
     return 0
 
 
@@ -255,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated: frozen, finetune, segmentation, or all; default: finetune. Classification "
                           "protocols use the profile's evaluation.datasets, segmentation its own list (phantom-siim)")
     run.add_argument("--datasets", help="comma-separated evaluation datasets; default: the profile's")
+    run.add_argument("--data-root", help="directory holding prepared real datasets (DATA_ROOT/nih, DATA_ROOT/siim ...) "
+                                         "written by `bench prepare`; default: the profile's data.root")
     run.add_argument("--pretrain-dataset", help="dataset the SSL methods pretrain on; default: the profile's (phantom-nih)")
     run.add_argument("--fractions", help="label fractions in percent, e.g. 1,10,100; default: the profile's")
     run.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1; default: the profile's")
@@ -272,6 +309,30 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--results", required=True, help="a `bench run --out` directory")
     report.add_argument("--out", help="directory for the tables; default: reports/NAME")
     report.set_defaults(handler=command_report)
+
+    prepare = commands.add_parser(
+        "prepare", help="read a released dataset once into a prepared directory (uint8 array, index, splits)",
+        description="Read NIH ChestX-ray14, VinDr-CXR, RSNA Pneumonia or SIIM-ACR in the layout it was released in "
+                    "(see the README) and write a prepared directory: index.csv, images.npy (uint8, N x S x S), "
+                    "masks.npy (SIIM), boxes.csv, splits/ (nested label-fraction subsets) and manifest.json. Built in a "
+                    "temporary directory and renamed into place at the end. Bad images are skipped and listed in the "
+                    "manifest; with --strict any problem stops it and nothing is left behind.")
+    prepare.add_argument("--dataset", required=True, help="nih, vindr, rsna or siim")
+    prepare.add_argument("--root", required=True, help="the dataset's directory as released")
+    prepare.add_argument("--out", required=True, help="the prepared directory to create (DATA_ROOT/NAME for bench run)")
+    prepare.add_argument("--size", type=int, default=256, help="square image size in pixels; default: 256")
+    prepare.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping the image")
+    prepare.add_argument("--splits", choices=["default", "benchx"], default="default",
+                         help="default: the release's test split where it has one, else a seeded patient-wise "
+                              "stratified split; benchx: BenchX's published lists (shipped with cxrbench)")
+    prepare.add_argument("--splits-dir", help="read the BenchX lists from this directory instead of the shipped copy")
+    prepare.add_argument("--label-rule", choices=["any", "majority"], default="any",
+                         help="VinDr-CXR: a class is positive when any reader, or most readers, marked it; default: any")
+    prepare.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split; default: 0")
+    prepare.add_argument("--subset-seeds", default="0,1,2", help="seeds of the label-fraction subsets; default: 0,1,2")
+    prepare.add_argument("--fractions", default="1,10", help="label fractions written to splits/; default: 1,10")
+    prepare.add_argument("--workers", type=int, help="decoding processes; default: min(8, CPU count)")
+    prepare.set_defaults(handler=command_prepare)
 
     phantom = commands.add_parser("phantom", help="draw sample phantom images with labels, boxes and masks",
                                   description="Render a grid of sample images of every phantom dataset (generated on "

@@ -14,6 +14,7 @@ on a method's or a protocol's name.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import shutil
 import time
@@ -221,6 +222,18 @@ class Runner:
         result = protocol.run(encoder_state, dataset, cell.label_fraction, cell.seed, config, self.device, shared_cache[cache_key])
         predictions_name = f"{cell.record_name}.predictions.npz"
         interval = self._bootstrap_interval(result.predictions)
+        train_positions = dataset.label_fraction_positions(cell.label_fraction, cell.seed)
+        train_ids = dataset.index["image_id"].iloc[train_positions]
+        subset_file = dataset.subset_file(cell.label_fraction, cell.seed)
+        label_subset = {
+            "source": str(subset_file.relative_to(dataset.root)) if subset_file.is_file() else "drawn: nested, by patient, stratified",
+            "num_images": int(len(train_positions)),
+            "num_patients": int(dataset.index["patient_id"].iloc[train_positions].nunique()),
+            "sha1_of_image_ids": hashlib.sha1("\n".join(train_ids).encode()).hexdigest(),
+            # the class rule: such a class still trains (all-negative); at test a class without
+            # positives is left out of the mean and listed under metrics.undefined_classes
+            "classes_without_positives": [name for name, count in zip(dataset.label_columns, dataset.targets(train_positions).sum(0)) if count == 0],
+        }
         record = {
             "cell": dataclasses.asdict(cell),
             "method_display_name": method_cls.display_name,
@@ -230,6 +243,8 @@ class Runner:
             "task": dataset.task,
             "label_columns": dataset.label_columns,
             "num_train_images": result.num_train_images,
+            "label_subset": label_subset,
+            "dataset_root": str(dataset.root),
             "headline_metric": result.headline,
             "metrics": result.metrics,
             "bootstrap": interval,

@@ -1,6 +1,7 @@
 """Dataset sources. Importing this package registers the built-in ones."""
 
 from cxrbench.datasets import phantom_sources  # noqa: F401  (registers the phantom sites)
+from cxrbench.datasets.real import sources  # noqa: F401  (registers nih, vindr, rsna, siim)
 from cxrbench.datasets.prepared import PreparedDataset
 from cxrbench.datasets.registry import DATASET_ORIGINS, DATASETS, available_datasets
 

@@ -33,6 +33,9 @@ class PhantomSource:
     def task(self) -> str:
         return self.site.task
 
+    def unavailable_reason(self, data_config: dict) -> str | None:
+        return None  # generated on first use
+
     def load(self, data_config: dict) -> PreparedDataset:
         size = int(data_config["image_size"])
         num_patients = int(data_config["phantom_patients"][self.name])

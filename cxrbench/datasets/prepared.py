@@ -8,6 +8,8 @@ phantom generator writes for the built-in data, so the protocols read one format
 * ``images.npy``    uint8 array N x H x W (grayscale), read with ``mmap_mode="r"``;
 * ``masks.npy``     uint8 0/1 N x H x W, for segmentation sets only;
 * ``boxes.csv``     ``image_id, finding, x, y, w, h`` in pixels (optional);
+* ``splits/``       ``train_{fraction}pct_seed{seed}.txt``: the image ids of a label-fraction
+                    subset (optional; a subset without a file is drawn by the same rule);
 * ``manifest.json`` name, task, label columns, counts, options and the cxrbench version.
 
 The directory is built under a temporary name and renamed into place at the end, so an
@@ -20,13 +22,16 @@ import json
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cxrbench.datasets.splits import nested_fraction_subsets
+
 SPLITS = ("train", "val", "test")
+FRACTION_LADDER = (100.0, 10.0, 1.0)  # the paper's label fractions, drawn nested in this order
 
 
 class DatasetError(ValueError):
@@ -42,6 +47,7 @@ class PreparedDataset:
     index: pd.DataFrame
     images: np.ndarray
     masks: np.ndarray | None
+    _ladders: dict = field(default_factory=dict, repr=False)  # seed -> the 100/10/1 % subsets
 
     @classmethod
     def load(cls, root: str | Path) -> "PreparedDataset":
@@ -79,19 +85,52 @@ class PreparedDataset:
         """Float32 label matrix (len(positions) x num_labels)."""
         return np.array(self.index.iloc[positions][self.label_columns], dtype=np.float32)  # writable copy
 
-    def label_fraction_positions(self, label_fraction: float, seed: int) -> np.ndarray:
-        """Training positions for a label fraction (percent), nested across fractions.
+    def subset_file(self, label_fraction: float, seed: int) -> Path:
+        return self.root / "splits" / f"train_{label_fraction:g}pct_seed{seed}.txt"
 
-        One seeded permutation of the training split is drawn per seed and every fraction
-        takes a prefix of it, so the 1% subset is inside the 10% subset, which is inside
-        100%. At least one image is always kept.
+    def label_fraction_positions(self, label_fraction: float, seed: int) -> np.ndarray:
+        """Training positions of a label-fraction subset (percent): whole patients, stratified, nested.
+
+        A subset listed in ``splits/`` (written by ``bench prepare``, or published lists) is
+        read from there. Otherwise it is drawn by ``nested_fraction_subsets`` along the fixed
+        ladder 100 > 10 > 1 %, so 1 % is inside 10 % inside 100 % whichever fractions a run
+        asks for; another fraction is drawn from the smallest ladder subset above it.
         """
         if not 0 < label_fraction <= 100:
             raise ValueError(f"label fraction {label_fraction} is outside (0, 100]")
+        listed = self.subset_file(label_fraction, seed)
+        if listed.is_file():
+            return self._positions_of(listed.read_text().split(), listed)
         train = self.split_positions("train")
-        order = np.random.default_rng(seed).permutation(len(train))
-        count = max(1, math.ceil(len(train) * label_fraction / 100))
-        return np.sort(train[order[:count]])
+        if label_fraction == 100:
+            return train
+        ladder = self._ladder(seed)
+        if label_fraction in ladder:
+            return train[ladder[label_fraction]]
+        parent_fraction = min(f for f in ladder if f > label_fraction)
+        parent = ladder[parent_fraction]
+        relative = label_fraction / parent_fraction * 100
+        picked = nested_fraction_subsets(self.index["patient_id"].iloc[train[parent]], self.targets(train[parent]),
+                                         [relative], seed)[relative]
+        return train[parent[picked]]
+
+    def _ladder(self, seed: int) -> dict[float, np.ndarray]:
+        if seed not in self._ladders:
+            train = self.split_positions("train")
+            self._ladders[seed] = nested_fraction_subsets(self.index["patient_id"].iloc[train], self.targets(train),
+                                                          list(FRACTION_LADDER), seed)
+        return self._ladders[seed]
+
+    def _positions_of(self, image_ids: list[str], source: Path) -> np.ndarray:
+        position = pd.Series(np.arange(len(self.index)), index=self.index["image_id"])
+        unknown = [image_id for image_id in image_ids if image_id not in position.index]
+        if unknown:
+            raise DatasetError(f"{source}: {len(unknown)} image id(s) not in index.csv, e.g. {unknown[0]!r}")
+        positions = np.sort(position.loc[image_ids].to_numpy())
+        not_train = self.index["split"].to_numpy()[positions] != "train"
+        if not_train.any():
+            raise DatasetError(f"{source}: lists image(s) outside the training split, e.g. {self.index['image_id'].iloc[positions[not_train][0]]!r}")
+        return positions
 
 
 def patient_disjoint_splits(patient_ids: list[str], seed: int, fractions=(0.7, 0.1, 0.2)) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""BenchX's published split lists (data files; see README.md)."""

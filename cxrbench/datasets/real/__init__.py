@@ -1,0 +1,1 @@
+"""Readers of the four released datasets, each in the layout it was published in."""

@@ -1,0 +1,319 @@
+"""bench prepare on the four released layouts, built from the real label files."""
+
+import gzip
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydicom.data import get_testdata_file
+
+from cxrbench.benchmark.cli import main
+from cxrbench.datasets.decode import read_dicom, read_png
+from cxrbench.datasets.prepare import prepare_dataset
+from cxrbench.datasets.prepared import PreparedDataset
+from cxrbench.datasets.real.common import PrepareError, decode_rle
+from cxrbench.datasets.real.nih import LABELS as NIH_LABELS
+from cxrbench.datasets.real.nih import read_labels
+from cxrbench.datasets.real.vindr import image_labels
+from cxrbench.datasets.splits import nested_fraction_subsets, patient_split
+
+from raw_layouts import (
+    FIXTURES,
+    REAL_NIH_PNGS,
+    REAL_SIIM_DICOM,
+    nih_tree,
+    real_csv,
+    real_csv_text,
+    rsna_tree,
+    siim_dicom_tree,
+    siim_rle_rows,
+    vindr_tree,
+    write_png,
+)
+
+# The per-label image counts NIH published with ChestX-ray14 (and "No Finding": 60,361)
+NIH_PUBLISHED_COUNTS = {"Atelectasis": 11559, "Cardiomegaly": 2776, "Effusion": 13317, "Infiltration": 19894, "Mass": 5782,
+                        "Nodule": 6331, "Pneumonia": 1431, "Pneumothorax": 5302, "Consolidation": 4667, "Edema": 2303,
+                        "Emphysema": 2516, "Fibrosis": 1686, "Pleural_Thickening": 3385, "Hernia": 227}
+
+
+@pytest.fixture(scope="module")
+def full_nih_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("nih-csv") / "Data_Entry_2017_v2020.csv"
+    path.write_text(real_csv_text("Data_Entry_2017_v2020.csv.gz"))
+    return path
+
+
+def test_nih_labels_over_the_full_real_csv_match_the_published_counts(full_nih_csv):
+    rows, unknown = read_labels(full_nih_csv)
+    assert len(rows) == 112120 and unknown == []
+    assert rows[NIH_LABELS].sum().to_dict() == NIH_PUBLISHED_COUNTS
+    assert int((rows[NIH_LABELS].sum(axis=1) == 0).sum()) == 60361  # No Finding, alone
+
+
+def test_splits_and_subsets_over_the_full_real_nih_csv_are_patient_disjoint_and_nested(full_nih_csv):
+    rows, _ = read_labels(full_nih_csv)
+    labels = rows[NIH_LABELS].to_numpy()
+    split = patient_split(rows["patient_id"], labels, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=0)
+    by_patient = pd.DataFrame({"patient": rows["patient_id"], "split": split}).groupby("patient")["split"].nunique()
+    assert (by_patient == 1).all()  # no patient in two splits
+    shares = pd.Series(split).value_counts(normalize=True)
+    assert shares["train"] == pytest.approx(0.7, abs=0.02) and shares["test"] == pytest.approx(0.2, abs=0.02)
+    train = np.flatnonzero(split == "train")
+    subsets = nested_fraction_subsets(rows["patient_id"].iloc[train], labels[train], [100, 10, 1], seed=0)
+    assert set(subsets[1]) <= set(subsets[10]) <= set(subsets[100])
+    train_patients = rows["patient_id"].iloc[train].to_numpy()
+    for fraction in (1, 10):
+        chosen = set(train_patients[subsets[fraction]])
+        # whole patients: every image of a chosen patient is in the subset
+        assert np.isin(train_patients, list(chosen)).sum() == len(subsets[fraction])
+        assert len(chosen) == int(np.ceil(len(set(train_patients)) * fraction / 100))
+        # stratified: Hernia (0.2 % of images) is present even in 1 %
+        assert labels[train][subsets[fraction]][:, NIH_LABELS.index("Hernia")].sum() > 0
+
+
+def test_nih_tree_prepares_with_official_lists_both_folder_layouts_boxes_and_problems(tmp_path):
+    raw = tmp_path / "raw"
+    rows = nih_tree(raw)
+    missing = rows["Image Index"].iloc[5]
+    (raw / "images_001" / "images" / missing).unlink(missing_ok=True)
+    (raw / "images" / missing).unlink(missing_ok=True)
+    corrupt = rows["Image Index"].iloc[6]
+    for folder in ("images", "images_001/images"):
+        if (raw / folder / corrupt).exists():
+            (raw / folder / corrupt).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    write_png(raw / "images" / "99999999_000.png", seed=1)  # on disk, in no label file
+    out = tmp_path / "prepared" / "nih"
+    manifest = prepare_dataset("nih", raw, out, size=64, workers=1, seeds=(0,))
+    data = PreparedDataset.load(out)
+    assert data.images.shape == (len(rows) - 2, 64, 64) and data.images.dtype == np.uint8
+    reasons = {(p["file"].split("/")[-1], p["reason"].split(" (")[0]) for p in manifest["skipped"]}
+    assert (missing, "listed in the labels but not on disk") in reasons
+    assert any(f == corrupt and r.startswith("cannot decode image") for f, r in reasons)
+    assert ("99999999_000.png", "on disk but not listed in the labels") in reasons
+    # the official test list is the test split; val comes out of train_val by patient
+    test_ids = set((raw / "test_list.txt").read_text().split())
+    assert set(data.index.loc[data.index["split"] == "test", "image_id"]) == test_ids - {missing, corrupt}
+    assert data.index.groupby("patient_id")["split"].nunique().max() == 1
+    # labels as parsed from the real rows; the real PNG decoded unchanged apart from the resize
+    source = rows.set_index("Image Index")
+    for image_id, labels in data.index.set_index("image_id")[NIH_LABELS].iterrows():
+        tokens = set(source.loc[image_id, "Finding Labels"].split("|"))
+        assert {label for label in NIH_LABELS if labels[label]} == tokens - {"No Finding"}
+    real = data.index.index[data.index["image_id"] == REAL_NIH_PNGS[1]][0]
+    assert abs(float(data.images[real].mean()) - float(read_png(FIXTURES / REAL_NIH_PNGS[1]).mean())) < 2
+    boxes = pd.read_csv(out / "boxes.csv")
+    assert "Infiltrate" not in set(boxes["finding"]) and set(boxes["finding"]) <= set(NIH_LABELS)
+    assert (out / "splits" / "train_1pct_seed0.txt").is_file()
+
+
+def test_the_older_nih_label_file_with_trailing_commas_reads_the_same(tmp_path):
+    new = real_csv("Data_Entry_2017_v2020.csv.gz", dtype=str).iloc[:200]
+    old = new.rename(columns={"Patient Gender": "Patient Sex"})
+    path = tmp_path / "Data_Entry_2017.csv"
+    path.write_text(",".join(old.columns) + ",\n" + "".join(",".join(map(str, r)) + ",\n" for r in old.itertuples(index=False)))
+    (tmp_path / "v2020.csv").write_text(new.to_csv(index=False))
+    old_rows, _ = read_labels(path)
+    new_rows, _ = read_labels(tmp_path / "v2020.csv")
+    pd.testing.assert_frame_equal(old_rows, new_rows)
+
+
+def test_vindr_any_and_majority_rules_on_the_real_reader_rows(tmp_path):
+    raw = tmp_path / "raw"
+    rows = vindr_tree(raw)
+    any_rule = image_labels(rows, "any").set_index("image_id")
+    majority = image_labels(rows, "majority").set_index("image_id")
+    assert (majority <= any_rule).all().all() and (majority.sum().sum() < any_rule.sum().sum())
+    image_id = any_rule.index[0]
+    marked = rows[(rows["image_id"] == image_id) & (rows["class_name"] != "No finding")].groupby("class_name")["rad_id"].nunique()
+    readers = rows.loc[rows["image_id"] == image_id, "rad_id"].nunique()
+    for class_name, count in marked.items():
+        assert any_rule.loc[image_id, class_name] == 1
+        assert majority.loc[image_id, class_name] == int(count * 2 > readers)
+    out = tmp_path / "vindr"
+    manifest = prepare_dataset("vindr", raw, out, size=32, workers=1, seeds=(0,), label_rule="majority")
+    data = PreparedDataset.load(out)
+    assert len(data.label_columns) == 14 and "No finding" not in data.label_columns
+    assert manifest["label_rule"] == "majority" and sum(manifest["counts_per_split"].values()) == len(any_rule)
+
+
+def test_rsna_several_rows_make_one_positive_image_with_all_its_boxes(tmp_path):
+    raw = tmp_path / "raw"
+    rows = rsna_tree(raw)
+    out = tmp_path / "rsna"
+    prepare_dataset("rsna", raw, out, size=32, workers=1, seeds=(0,))
+    data = PreparedDataset.load(out)
+    expected = rows.groupby("patientId")["Target"].max()
+    assert data.label_columns == ["target"] and len(data.index) == len(expected)
+    assert dict(zip(data.index["image_id"], data.index["target"])) == expected.to_dict()
+    boxes = pd.read_csv(out / "boxes.csv")
+    multi = rows.groupby("patientId").size().idxmax()
+    assert (boxes["image_id"] == multi).sum() == (rows["patientId"] == multi).sum() > 1
+
+
+def test_rle_decoding_is_column_first_and_the_two_forms_agree():
+    relative = decode_rle(("1 2 3 1",), 4, 4, relative=True)
+    absolute = decode_rle(("2 2 7 1",), 4, 4, relative=False)
+    expected = np.zeros((4, 4), dtype=np.uint8)
+    expected[1, 0] = expected[2, 0] = expected[2, 1] = 1  # flat positions 1, 2 and 6, down the columns
+    assert (relative == expected).all() and (absolute == expected).all()
+    union = decode_rle(("1 2", "5 2"), 4, 4, relative=True)
+    assert union.sum() == 4  # two rows of one image merged
+    with pytest.raises(ValueError, match="outside"):
+        decode_rle(("15 3",), 4, 4, relative=True)
+
+
+def _absolute(rle: str) -> str:
+    values = [int(v) for v in rle.split()]
+    position, pairs = 0, []
+    for start, length in zip(values[0::2], values[1::2]):
+        position += start
+        pairs += [position + 1, length]
+        position += length
+    return " ".join(map(str, pairs))
+
+
+def test_siim_dicom_layout_merges_rle_rows_and_detects_the_rle_form_from_the_header(tmp_path):
+    rows = siim_rle_rows()
+    siim_dicom_tree(tmp_path / "raw", rows)
+    out = tmp_path / "siim"
+    prepare_dataset("siim", tmp_path / "raw", out, size=1024, workers=1, seeds=(0,))
+    data = PreparedDataset.load(out)
+    by_id = data.index.set_index("image_id")
+    multi = rows.groupby("ImageId").size().idxmax()
+    position = int(np.flatnonzero(data.index["image_id"] == multi)[0])
+    pixels = [decode_rle((text,), 1024, 1024, relative=True) for text in rows.loc[rows["ImageId"] == multi, "EncodedPixels"]]
+    np.testing.assert_array_equal(data.masks[position], np.maximum.reduce(pixels))
+    assert by_id.loc[REAL_SIIM_DICOM.removesuffix(".dcm"), "has_mask"] == 0  # the real DICOM is a negative case
+    assert set(by_id["has_mask"]) == {0, 1}
+    assert data.index.groupby("patient_id")["split"].nunique().max() == 1  # PatientID from the DICOM headers
+    # the standard (stage 2) file: absolute 1-based starts, told apart by its header
+    standard = tmp_path / "raw2"
+    shutil.copytree(tmp_path / "raw", standard)
+    (standard / "train-rle.csv").unlink()
+    (standard / "stage_2_train.csv").write_text("ImageId,EncodedPixels\n" + "".join(
+        f"{a},{_absolute(b) if b.strip() != '-1' else '-1'}\n" for a, b in zip(rows["ImageId"], rows["EncodedPixels"])))
+    prepare_dataset("siim", standard, tmp_path / "siim2", size=1024, workers=1, seeds=(0,))
+    np.testing.assert_array_equal(PreparedDataset.load(tmp_path / "siim2").masks, data.masks)
+
+
+def test_siim_png_rerelease_layout(tmp_path):
+    raw = tmp_path / "raw"
+    names = [f"{i}_train_{i % 2}_.png" for i in range(12)]
+    for i, name in enumerate(names):
+        write_png(raw / "png_images" / name, seed=i, size=64)
+        mask = np.zeros((64, 64), dtype=np.uint8)
+        mask[10:20, 10 + i : 30] = 255 * (i % 2)
+        (raw / "png_masks").mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        Image.fromarray(mask).save(raw / "png_masks" / name)
+    pd.DataFrame({"new_filename": names[:8], "has_pneumo": [i % 2 for i in range(8)]}).to_csv(raw / "stage_1_train_images.csv", index=False)
+    pd.DataFrame({"new_filename": names[8:], "has_pneumo": [i % 2 for i in range(8, 12)]}).to_csv(raw / "stage_1_test_images.csv", index=False)
+    prepare_dataset("siim", raw, tmp_path / "siim", size=32, workers=1, seeds=(0,))
+    data = PreparedDataset.load(tmp_path / "siim")
+    assert len(data.index) == 12 and data.masks.shape == (12, 32, 32)
+    assert data.index.set_index("image_id")["has_mask"].to_dict() == {name[:-4]: i % 2 for i, name in enumerate(names)}
+
+
+def test_dicom_mapping_inverts_monochrome1_and_applies_the_voi_window():
+    uncompressed = read_dicom(get_testdata_file("RG1_UNCR.dcm"))
+    assert uncompressed.shape == (1955, 1841) and uncompressed.dtype == np.uint8
+    # MONOCHROME1 stores the lungs (little attenuation) as high values: after the inversion they are
+    # darker than the mediastinum, as on any displayed radiograph
+    lung, mediastinum = uncompressed[900:1000, 500:600].mean(), uncompressed[900:1000, 900:1000].mean()
+    assert mediastinum - lung > 40
+    lossless = read_dicom(get_testdata_file("RG1_J2KR.dcm"))
+    np.testing.assert_array_equal(lossless, uncompressed)  # JPEG 2000 lossless decodes to the same pixels
+    lossy = read_dicom(get_testdata_file("RG1_J2KI.dcm"))
+    assert np.abs(lossy.astype(int) - uncompressed.astype(int)).mean() < 3
+    jpeg = read_dicom(FIXTURES / REAL_SIIM_DICOM)  # JPEG baseline, MONOCHROME2
+    assert jpeg.shape == (1024, 1024) and 30 < jpeg.mean() < 220
+
+
+def test_bad_input_is_one_line_nothing_is_left_and_strict_stops(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    rows = nih_tree(raw, patients=4, nested=False)
+    (raw / "images" / rows["Image Index"].iloc[1]).write_bytes(b"not a png")
+    out = tmp_path / "prepared"
+    assert main(["prepare", "--dataset", "nih", "--root", str(raw), "--out", str(out / "nih"), "--size", "64",
+                 "--strict", "--workers", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("bench prepare: error: ") and rows["Image Index"].iloc[1] in error and "\n" not in error
+    assert not out.exists() or list(out.iterdir()) == []  # nothing half-written, no staging dir left
+    # renamed column, missing root, missing split lists
+    table = pd.read_csv(raw / "Data_Entry_2017_v2020.csv").rename(columns={"Finding Labels": "Findings"})
+    table.to_csv(raw / "Data_Entry_2017_v2020.csv", index=False)
+    for argv, expected in [
+        (["--root", str(raw)], "missing column(s) ['Finding Labels']"),
+        (["--root", str(tmp_path / "nowhere")], "no such directory"),
+    ]:
+        assert main(["prepare", "--dataset", "nih", "--out", str(out / "nih"), *argv]) == 2
+        assert expected in capsys.readouterr().err
+    (raw / "test_list.txt").unlink()
+    table.rename(columns={"Findings": "Finding Labels"}).to_csv(raw / "Data_Entry_2017_v2020.csv", index=False)
+    assert main(["prepare", "--dataset", "nih", "--root", str(raw), "--out", str(out / "nih")]) == 2
+    assert "no test_list.txt" in capsys.readouterr().err
+
+
+def test_unreadable_rle_is_skipped_and_listed(tmp_path):
+    rows = siim_rle_rows(count=6)
+    rows.loc[rows.index[-1], "EncodedPixels"] = "12 x 7"
+    siim_dicom_tree(tmp_path / "raw", rows, size=64)
+    manifest = prepare_dataset("siim", tmp_path / "raw", tmp_path / "siim", size=32, workers=1, seeds=(0,))
+    bad = rows["ImageId"].iloc[-1]
+    assert any(bad in p["file"] and "unreadable RLE" in p["reason"] for p in manifest["skipped"])
+    assert bad not in set(PreparedDataset.load(tmp_path / "siim").index["image_id"])
+
+
+def test_benchx_lists_give_the_split_and_the_subsets(tmp_path):
+    raw = tmp_path / "raw"
+    rows = nih_tree(raw, patients=4, nested=False)
+    ids = list(rows["Image Index"])
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    parts = {"train": ids[: len(ids) - 4], "val": ids[-4:-2], "test": ids[-2:], "train_1": ids[:1], "train_10": ids[:3]}
+    for part, members in parts.items():
+        (lists / f"NIH_Chest_Xray_{part}.txt").write_text("\n".join(members) + "\n")
+    prepare_dataset("nih", raw, tmp_path / "nih", size=32, workers=1, seeds=(0,), splits="benchx", splits_dir=lists)
+    data = PreparedDataset.load(tmp_path / "nih")
+    for part in ("train", "val", "test"):
+        assert set(data.index.loc[data.index["split"] == part, "image_id"]) == set(parts[part])
+    assert list(data.index["image_id"].iloc[data.label_fraction_positions(1, 0)]) == parts["train_1"]
+    assert set(data.index["image_id"].iloc[data.label_fraction_positions(10, 0)]) == set(parts["train_10"])
+
+
+def test_shipped_benchx_lists_are_the_published_ones():
+    from importlib import resources
+
+    shipped = gzip.decompress(resources.files("cxrbench.datasets.benchx").joinpath("RSNA_train_1.txt.gz").read_bytes()).decode()
+    assert shipped == (FIXTURES.parents[1] / "splits" / "benchx" / "RSNA_train_1.txt").read_text()
+
+
+def test_a_smoke_run_trains_and_evaluates_on_a_prepared_dataset(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    nih_tree(raw, patients=40, nested=True)
+    root = tmp_path / "data"
+    assert main(["prepare", "--dataset", "nih", "--root", str(raw), "--out", str(root / "nih"), "--size", "64", "--workers", "2"]) == 0
+    out = tmp_path / "run"
+    assert main(["run", "--methods", "simclr", "--protocol", "frozen,finetune", "--profile", "smoke", "--datasets", "nih",
+                 "--pretrain-dataset", "nih", "--data-root", str(root), "--fractions", "10,100", "--out", str(out)]) == 0
+    records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert len(records) == 4 and {r["cell"]["dataset"] for r in records} == {"nih"}
+    assert all(len(r["label_columns"]) == 14 for r in records)
+    assert json.loads((out / "pretrain" / "simclr__nih" / "record.json").read_text())["pretrain_dataset"] == "nih"
+    # without the data root: one line saying what to run
+    assert main(["run", "--methods", "sup1", "--datasets", "nih", "--profile", "smoke", "--out", str(tmp_path / "x")]) == 2
+    assert "bench prepare --dataset nih" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("patients", [3, 7, 40])
+def test_subsets_have_exactly_the_requested_patients_even_on_tiny_sets(patients):
+    rng = np.random.default_rng(patients)
+    ids = pd.Series([f"p{i // 2}" for i in range(2 * patients)])
+    labels = (rng.random((2 * patients, 5)) < 0.3).astype(int)
+    subsets = nested_fraction_subsets(ids, labels, [100, 10, 1], seed=0)
+    for fraction in (1, 10, 100):
+        assert ids.iloc[subsets[fraction]].nunique() == max(1, int(np.ceil(patients * fraction / 100)))

@@ -1,8 +1,11 @@
 import json
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from cxrbench.reports.tables import build_table, load_records, write_report
+from cxrbench.reports.report import write_report
+from cxrbench.reports.tables import build_table, load_records
 
 
 def write_record(directory, method, auroc, fraction=1.0, seed=0, protocol="finetune", baseline=False, display=None):
@@ -81,3 +84,66 @@ def test_columns_follow_the_paper_and_ablation_variants_stay_out_of_table_one(tm
     table, _, _ = build_table(load_records(tmp_path), "finetune")
     assert [dataset for dataset, _ in table.columns] == ["phantom-nih", "phantom-vindr", "phantom-rsna"]
     assert "OPTiML OT only" not in table.index
+
+
+PAPER = Path(__file__).resolve().parents[2] / "shared" / "papers" / "optiml-paper.md"
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "optiml-paper.csv"
+
+
+def test_the_reference_file_is_the_papers_tables_transcribed():
+    from cxrbench.reports.reference import transcribe
+
+    stored = pd.read_csv(REFERENCE, keep_default_na=False, na_values={"printed_delta": [""]})
+    pd.testing.assert_frame_equal(stored, transcribe(PAPER), check_dtype=False)
+    assert len(stored) == 2 * 10 * 9 + 4 * 2  # Tables I and II: 10 rows x 9 cells; Table III: 4 rows x 2
+    # spot checks against the paper's text
+    value = stored.set_index(["table", "method", "dataset", "fraction"])["value"]
+    assert value[("I", "optiml", "nih", 1.0)] == 68.8 and value[("II", "sup2", "rsna", 1.0)] == 85.7
+    assert value[("III", "optiml-ot-only", "nih", 10.0)] == 76.2
+
+
+def test_paper_tables_recompute_deltas_bold_the_best_and_footnote_every_disagreement(tmp_path):
+    written = write_report(None, tmp_path, reference=str(REFERENCE))
+    table = (tmp_path / "table1_finetune_paper.md").read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines() if line.startswith("|")}
+    assert rows["SimCLR"][1] == "74.8 (+0.2)↑"  # printed (1.3)↑: 74.8 - 74.6 is 0.2
+    assert all(cell.startswith("**") for cell in rows["OPTiML"])  # OPTiML is best in every column of Table I
+    assert rows["Sup.2 (bs)"][0] == "67.8"
+    # every printed delta that its own numbers contradict, and only those, is footnoted
+    reference = pd.read_csv(REFERENCE, keep_default_na=False, na_values={"printed_delta": [""]})
+    for paper_table, stem in (("I", "table1_finetune_paper"), ("II", "table2_frozen_paper")):
+        part = reference[reference["table"] == paper_table]
+        base = part[part["method"] == "sup2"].set_index(["dataset", "fraction"])["value"]
+        expected = 0
+        for row in part[part["method"] != "sup2"].itertuples():
+            delta = round(row.value - base[(row.dataset, row.fraction)], 1)
+            arrow = "↑" if delta > 0 else "↓" if delta < 0 else ""
+            expected += abs(delta - row.printed_delta) > 0.05 or row.printed_arrow != arrow
+        footnotes = [line for line in (tmp_path / f"{stem}.md").read_text().splitlines() if line.startswith("[")]
+        assert len(footnotes) == expected > 0
+    assert "[1] SimCLR, NIH 10%: printed (1.3)↑, recomputed from the table's numbers (+0.2)↑" in table
+    latex = (tmp_path / "table1_finetune_paper.tex").read_text()
+    assert "\\toprule" in latex and "\\textbf{68.8 (+1.0)$\\uparrow$}" in latex and "1\\%" in latex
+    ablation = (tmp_path / "table3_ablation_paper.md").read_text()
+    assert "**0.685**" in ablation and "**0.776**" in ablation
+    assert {p.name for p in written} >= {"index.md", "index.html", "table2_frozen_paper.csv", "table3_ablation_paper.tex"}
+
+
+def test_ours_and_the_papers_side_by_side(tmp_path):
+    write_record(tmp_path, "sup2", 0.70, baseline=True, display="Sup.2")
+    write_record(tmp_path, "optiml", 0.75, display="OPTiML")
+    write_report(tmp_path, tmp_path / "out", reference=str(REFERENCE))
+    text = (tmp_path / "out" / "table1_finetune_vs_paper.md").read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines() if line.startswith("|")}
+    assert rows["OPTiML [ours]"][0] == "75.0 (+5.0)↑"  # phantom-nih 1 % shown under nih 1 %
+    assert rows["OPTiML [paper]"][0] == "68.8 (+1.0)↑"
+    assert list(rows).index("OPTiML [ours]") + 1 == list(rows).index("OPTiML [paper]")
+
+
+def test_report_without_results_or_reference_is_a_one_line_error(capsys):
+    from cxrbench.benchmark.cli import main
+
+    assert main(["report"]) == 2
+    assert "give --results DIR" in capsys.readouterr().err
+    assert main(["report", "--reference", "no-such-paper"]) == 2
+    assert "no-such-paper" in capsys.readouterr().err

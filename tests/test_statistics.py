@@ -5,23 +5,25 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxrbench.benchmark.statistics import (
-    auroc_rows,
     bootstrap_interval,
     mean_auroc_statistic,
     mean_statistic,
     paired_bootstrap_test,
+    resample_counts,
+    weighted_auroc,
 )
 
 
-def test_rank_auroc_equals_sklearn_with_ties_and_marks_single_class_rows_undefined():
+def test_resampled_auroc_equals_sklearn_on_the_resampled_images_with_ties():
     rng = np.random.default_rng(0)
-    targets = (rng.random((5, 40)) < 0.3).astype(float)
-    scores = np.round(rng.random((5, 40)), 1)  # many ties
-    targets[4] = 0
-    values = auroc_rows(targets, scores)
-    for row in range(4):
-        assert values[row] == pytest.approx(roc_auc_score(targets[row], scores[row]))
-    assert np.isnan(values[4])
+    targets = (rng.random(40) < 0.3).astype(float)
+    scores = np.round(rng.random(40), 1)  # many ties
+    positions = rng.integers(0, 40, size=(6, 40))
+    values = weighted_auroc(targets, scores, resample_counts(positions, 40))
+    for row, drawn in enumerate(positions):
+        assert values[row] == pytest.approx(roc_auc_score(targets[drawn], scores[drawn]))
+    only_negatives = np.flatnonzero(targets == 0)[None, :3].repeat(2, axis=0)
+    assert np.isnan(weighted_auroc(targets, scores, resample_counts(only_negatives, 40))).all()
 
 
 def test_mean_auroc_statistic_on_all_images_is_the_mean_over_defined_classes():

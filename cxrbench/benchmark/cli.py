@@ -24,9 +24,12 @@ def _csv(text: str) -> list[str]:
 
 
 def _check_choices(kind: str, requested: list[str], valid: list[str]) -> None:
+    from cxrbench.benchmark.protocol_registry import KNOWN_PLUGINS
+
     for item in requested:
         if item not in valid:
-            raise CliError(f"unknown {kind} {item!r}; valid: {', '.join(valid)}")
+            hint = f"; {item!r} is provided by {KNOWN_PLUGINS[item]}" if item in KNOWN_PLUGINS else ""
+            raise CliError(f"unknown {kind} {item!r}{hint}; valid: {', '.join(valid)}")
 
 
 def _parse_fractions(text: str) -> list[float]:
@@ -77,7 +80,7 @@ def _device(name: str):
 
 def command_list(args) -> int:
     from cxrbench.benchmark.profiles import available_profiles, load_profile
-    from cxrbench.benchmark.protocol_registry import PROTOCOLS
+    from cxrbench.benchmark.protocol_registry import PROTOCOL_ORIGINS, PROTOCOLS
     from cxrbench.datasets import DATASET_ORIGINS, DATASETS, available_datasets
     from cxrbench.methods import METHOD_ORIGINS, available_methods, get_method
 
@@ -94,7 +97,7 @@ def command_list(args) -> int:
             rows.append(("profile", name, load_profile(name)["description"], "built-in"))
     if args.what in ("protocols", "all"):
         for name, protocol in PROTOCOLS.items():
-            rows.append(("protocol", name, protocol.description, "built-in"))
+            rows.append(("protocol", name, protocol.description, PROTOCOL_ORIGINS.get(name, "?")))
     from tabulate import tabulate
 
     headers = ["kind", "name", "description", "origin"] if args.what == "all" else ["name", "description", "origin"]
@@ -104,7 +107,7 @@ def command_list(args) -> int:
 
 def command_run(args) -> int:
     from cxrbench.benchmark.profiles import apply_overrides, available_profiles, load_profile
-    from cxrbench.benchmark.protocol_registry import PROTOCOLS
+    from cxrbench.benchmark.protocol_registry import BUILT_IN, PROTOCOLS, protocol_config
     from cxrbench.benchmark.comparisons import write_paired_tests
     from cxrbench.benchmark.runner import Runner, method_hyperparameters, plan_cells
     from cxrbench.datasets import DATASETS, available_datasets
@@ -118,7 +121,7 @@ def command_run(args) -> int:
     _check_choices("method", methods, list(METHOD_GROUPS) + methods_known)
     methods = expand_methods(methods)
     _check_choices("profile", [args.profile], available_profiles())
-    protocols = list(PROTOCOLS) if args.protocol == "all" else _csv(args.protocol)
+    protocols = list(BUILT_IN) if args.protocol == "all" else _csv(args.protocol)
     _check_choices("protocol", protocols, list(PROTOCOLS) + ["all"])
     profile = load_profile(args.profile)
     try:
@@ -132,8 +135,12 @@ def command_run(args) -> int:
     datasets_by_protocol = {}
     for protocol in protocols:
         accepts = PROTOCOLS[protocol].tasks
-        if requested is None:  # the profile's list for this protocol, else its classification list
-            chosen = list(evaluation.get(protocol, {}).get("datasets", evaluation["datasets"]))
+        try:
+            settings = protocol_config(profile, protocol)
+        except KeyError as error:
+            raise CliError(error.args[0]) from None
+        if requested is None:  # the protocol's own list, else the profile's classification list
+            chosen = list(settings.get("datasets", evaluation["datasets"]))
         else:
             chosen = [name for name in requested if DATASETS.get(name)().task in accepts]
             if not chosen and len(protocols) == 1:
@@ -187,15 +194,19 @@ def command_run(args) -> int:
 
 
 def command_report(args) -> int:
-    from cxrbench.reports.tables import ReportError, write_report
+    from cxrbench.reports.report import write_report
+    from cxrbench.reports.tables import ReportError
 
-    results = Path(args.results)
-    if not results.is_dir():
+    if not args.results and not args.reference:
+        raise CliError("give --results DIR (a `bench run --out`), --reference NAME (e.g. optiml-paper), or both")
+    results = Path(args.results) if args.results else None
+    if results is not None and not results.is_dir():
         raise CliError(f"--results {results}: no such directory (expected the --out of `bench run`)")
-    out_dir = Path(args.out) if args.out else Path("reports") / results.name
+    default_name = results.name if results is not None else args.reference
+    out_dir = Path(args.out) if args.out else Path("reports") / default_name
     _check_writable(out_dir, "--out")
     try:
-        written = write_report(results, out_dir)
+        written = write_report(results, out_dir, reference=args.reference, baseline=args.baseline)
     except ReportError as error:
         raise CliError(str(error)) from None
     for path in written:
@@ -254,12 +265,14 @@ def command_speed(args) -> int:
     report = {"machine": speed.machine()}
     print("bench speed: Sinkhorn solver against POT ot.solve_batch ...", flush=True)
     report["sinkhorn"] = speed.sinkhorn_benchmark(batch=args.batch_size, iterations=args.iterations)
+    print("bench speed: prepared uint8 array against per-sample PNG decoding ...", flush=True)
+    report["loader"] = speed.loader_benchmark()
     if not args.skip_step:
         print(f"bench speed: OPTiML and VICReg training steps at {args.image_size} px, batch {args.batch_size} ...", flush=True)
         report["training_step"] = speed.training_step_benchmark(args.image_size, args.batch_size, device=device)
     atomic_write_json(out, report)
     rows = [(f"{section}.{key}", f"{value:.4g}" if isinstance(value, float) else value)
-            for section in ("sinkhorn", "training_step") if section in report for key, value in report[section].items()]
+            for section in ("sinkhorn", "loader", "training_step") if section in report for key, value in report[section].items()]
     print(tabulate(rows, headers=["measure", "value"], tablefmt="simple"))
     print(out)
     return 0
@@ -303,11 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "(repeatable; stored in every record's resolved config)")
     run.set_defaults(handler=command_run)
 
-    report = commands.add_parser("report", help="render paper-style tables from run records",
-                                 description="Render Table I (fine-tune) and Table II (frozen) as Markdown and CSV from "
-                                             "the records of `bench run`. Reads records only; never trains.")
-    report.add_argument("--results", required=True, help="a `bench run --out` directory")
-    report.add_argument("--out", help="directory for the tables; default: reports/NAME")
+    report = commands.add_parser(
+        "report", help="render the paper's tables and figures from run records and/or the paper's numbers",
+        description="Tables I (fine-tune), II (frozen), III (OPTiML ablation) and the segmentation table as Markdown, "
+                    "LaTeX (booktabs) and CSV; label-efficiency curves, Grad-CAM heatmaps with localisation scores, "
+                    "segmentation overlays and pretraining curves (PNG and PDF); index.md and a self-contained "
+                    "index.html listing everything with each cell's provenance. Reads records only; never trains. "
+                    "--reference alone regenerates the paper's tables from results/reference/NAME.csv, footnoting every "
+                    "printed delta that disagrees with the paper's own numbers; with --results, ours and the paper's "
+                    "side by side.")
+    report.add_argument("--results", help="a `bench run --out` directory")
+    report.add_argument("--reference", help="published numbers: a name in results/reference/ (optiml-paper) or a CSV path")
+    report.add_argument("--baseline", help="method of the baseline row; default: sup2, else sup1")
+    report.add_argument("--out", help="directory for the report; default: reports/NAME")
     report.set_defaults(handler=command_report)
 
     prepare = commands.add_parser(
@@ -342,9 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.set_defaults(handler=command_phantom)
 
     bench_speed = commands.add_parser(
-        "speed", help="measure speed ratios (Sinkhorn vs POT, OPTiML step vs VICReg step) in one run",
+        "speed", help="measure speed ratios (Sinkhorn vs POT, prepared loader vs PNG, OPTiML vs VICReg step) in one run",
         description="Benchmarks measured back to back in one process, reported as ratios: the batched Sinkhorn "
                     "solver against POT's ot.solve_batch (same size and iterations) and against the memory floor, "
+                    "training views from the prepared uint8 array against decoding a 1024 px PNG per sample, "
                     "and an OPTiML training step against a VICReg step.")
     bench_speed.add_argument("--out", default="reports/speed.json", help="JSON file for the figures; default: reports/speed.json")
     bench_speed.add_argument("--batch-size", type=int, default=64, help="batch (B of the OT problems too); default: 64")

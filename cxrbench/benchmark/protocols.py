@@ -18,6 +18,7 @@ from scipy.special import expit
 from torch import nn
 from tqdm.auto import tqdm
 
+from cxrbench.benchmark.localisation import gradcam_on_boxes
 from cxrbench.benchmark.metrics import auroc_per_class
 from cxrbench.datasets.prepared import PreparedDataset
 from cxrbench.methods.augment import ViewRecipe, augment
@@ -201,5 +202,18 @@ class FinetuneProtocol:
         model.load_state_dict(best.pop("state"))
         test_scores = expit(predict(model, dataset.images[test], device))
         best["total_steps"], best["steps_run"] = total_steps, step
-        return _test_result(dataset, test, test_scores, best, len(train), started, trained)
+        result = _test_result(dataset, test, test_scores, best, len(train), started, trained)
+        gradcam = config.get("gradcam") or {}
+        if float(label_fraction) in [float(f) for f in gradcam.get("fractions", [])]:
+            # Figure 2: heatmaps of the selected model on the boxed test images, scored against the boxes
+            cam_started = time.perf_counter()
+            scores, arrays = gradcam_on_boxes(model, model[0].layer4[-1], dataset, test, _as_input, device,
+                                              int(gradcam.get("max_heatmaps", 64)))
+            if arrays:
+                position_of = dict(zip(dataset.index["image_id"], range(len(dataset.index))))
+                arrays["cam_images"] = np.stack([dataset.images[position_of[i]] for i in arrays["cam_image_ids"]])
+            result.metrics["localisation"] = scores
+            result.predictions.update(arrays)
+            result.timing["gradcam_s"] = time.perf_counter() - cam_started
+        return result
 

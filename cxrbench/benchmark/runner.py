@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from cxrbench.benchmark.diagnostics import encoder_diagnostics, relative_change
 from cxrbench.benchmark.pretrain import pretrain
-from cxrbench.benchmark.protocol_registry import PROTOCOLS
+from cxrbench.benchmark.protocol_registry import PROTOCOLS, protocol_config
 from cxrbench.benchmark.statistics import bootstrap_interval, statistic_from_predictions
 from cxrbench.benchmark.records import atomic_torch_save, atomic_write_bytes, atomic_write_json, environment, now, read_json
 from cxrbench.datasets import DATASETS, PreparedDataset
@@ -39,7 +39,8 @@ from cxrbench.methods.base import Method
 def method_hyperparameters(profile: dict, name: str):
     """A method's hyperparameters under a profile (its own ``methods:`` entry, or its parent's)."""
     cls = get_method(name)
-    return cls.resolve_hyperparameters(profile.get("methods", {}).get(cls.profile_key or name))
+    overrides = {**cls.profile_overrides.get(profile.get("name"), {}), **(profile.get("methods", {}).get(cls.profile_key or name) or {})}
+    return cls.resolve_hyperparameters(overrides)
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ class Runner:
         if cache_key not in shared_cache:
             shared_cache[cache_key] = protocol.prepare_shared(encoder_state, dataset, self.device)
         shared_seconds = time.perf_counter() - started
-        config = self.profile["evaluation"][cell.protocol]
+        config = protocol_config(self.profile, cell.protocol)
         result = protocol.run(encoder_state, dataset, cell.label_fraction, cell.seed, config, self.device, shared_cache[cache_key])
         predictions_name = f"{cell.record_name}.predictions.npz"
         interval = self._bootstrap_interval(result.predictions)

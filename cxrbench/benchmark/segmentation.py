@@ -111,7 +111,10 @@ class SegmentationProtocol:
         model.load_state_dict(best.pop("state"))
         best["total_steps"], best["steps_run"] = total_steps, step
         predicted = predict_masks(model, dataset.images[test], device) > 0.5
-        metrics, per_image = segmentation_metrics(predicted, np.asarray(dataset.masks[test], dtype=bool))
+        truth = np.asarray(dataset.masks[test], dtype=bool)
+        metrics, per_image = segmentation_metrics(predicted, truth)
+        # a few positive test images with their true masks, so that reports can draw Figure 3's overlays
+        shown = np.flatnonzero(truth.reshape(len(truth), -1).any(axis=1))[: int(config.get("overlay_images", 6))]
         return ProtocolResult(
             metrics=metrics,
             headline="dice_per_image",
@@ -122,6 +125,9 @@ class SegmentationProtocol:
                 "masks_packed": np.packbits(predicted.reshape(len(predicted), -1), axis=1),
                 "mask_shape": np.array(predicted.shape[1:]),
                 "image_ids": np.array(dataset.index["image_id"].iloc[test].tolist()),
+                "overlay_positions": shown,
+                "overlay_images": np.asarray(dataset.images[test[shown]]),
+                "overlay_truth": truth[shown].astype(np.uint8),
             },
             timing={"train_s": trained - started, "test_s": time.perf_counter() - trained},
         )

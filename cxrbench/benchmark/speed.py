@@ -98,3 +98,59 @@ def training_step_benchmark(image_size: int = 224, batch: int = 64, repeats: int
 def machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
             "threads": torch.get_num_threads()}
+
+
+def loader_benchmark(num_images: int = 64, source_size: int = 1024, size: int = 256, batch: int = 32, seed: int = 0) -> dict:
+    """Training views from the prepared uint8 array against decoding a source PNG per sample.
+
+    The per-sample path is what a loader over the released files does each epoch: open the
+    1024 x 1024 PNG, force grey, resize to the training size, make a tensor, augment. The
+    prepared path reads a batch from the memory-mapped ``images.npy`` and augments the batch
+    at once. Both produce the same views (one SimCLR-style view per image); the PNGs are
+    smooth synthetic radiograph-like images written to a temporary directory.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
+    from cxrbench.datasets.decode import read_png, resize_square
+    from cxrbench.methods.augment import ViewRecipe, augment
+
+    rng = np.random.default_rng(seed)
+    recipe = ViewRecipe()
+    generator = torch.Generator().manual_seed(seed)
+    with tempfile.TemporaryDirectory() as directory:
+        directory = Path(directory)
+        yy, xx = np.mgrid[0:source_size, 0:source_size] / source_size
+        paths = []
+        for i in range(num_images):
+            # two soft "lungs", a bright mediastinum and film grain: compresses like a radiograph
+            body = 0.6 - 0.35 * (np.exp(-((xx - 0.3) ** 2 + (yy - 0.5) ** 2) / 0.03) + np.exp(-((xx - 0.7) ** 2 + (yy - 0.5) ** 2) / 0.03))
+            image = np.clip(body + 0.25 * np.exp(-((xx - 0.5) ** 2) / 0.004) + rng.normal(0, 0.03, body.shape), 0, 1)
+            path = directory / f"{i:05d}.png"
+            Image.fromarray((image * 255).astype(np.uint8)).save(path)
+            paths.append(path)
+        prepared = np.lib.format.open_memmap(directory / "images.npy", mode="w+", dtype=np.uint8, shape=(num_images, size, size))
+        for i, path in enumerate(paths):
+            prepared[i] = resize_square(read_png(path), size)
+        prepared.flush()
+        array = np.load(directory / "images.npy", mmap_mode="r")
+
+        def per_sample():
+            for path in paths:
+                pixels = torch.from_numpy(resize_square(read_png(path), size))
+                augment(pixels[None], recipe, size, generator)
+
+        def prepared_batches():
+            for start in range(0, num_images, batch):
+                augment(torch.from_numpy(np.ascontiguousarray(array[start : start + batch])), recipe, size, generator)
+
+        per_sample_seconds = _best_of(per_sample, 2)
+        prepared_seconds = _best_of(prepared_batches, 3)
+    return {
+        "images": num_images, "source_size": source_size, "size": size, "batch": batch,
+        "png_per_sample_images_per_second": num_images / per_sample_seconds,
+        "prepared_images_per_second": num_images / prepared_seconds,
+        "speedup": per_sample_seconds / prepared_seconds,
+    }

@@ -44,7 +44,10 @@ class PhantomSource:
         directory = cache_root() / "phantom" / key
         if not (directory / "manifest.json").is_file():
             self._generate(directory, size, num_patients, seed)
-        return PreparedDataset.load(directory)
+        dataset = PreparedDataset.load(directory)
+        # boxes name the phantom's findings; the labels group them
+        dataset.finding_labels = {finding: label for label, findings in self.site.labels.items() for finding in findings}
+        return dataset
 
     def _generate(self, directory: Path, size: int, num_patients: int, seed: int) -> None:
         site = self.site

@@ -200,6 +200,7 @@ def _build(catalog: Catalog, root: Path, staging: Path, options: dict, splits_di
         "positives_per_split": {part: {column: int(rows.loc[split == part, column].sum()) for column in catalog.label_columns}
                                 for part in ("train", "val", "test")},
         "split_rule": split_rule,
+        "finding_labels": {"Lung Opacity": "target"} if catalog.name == "rsna" else {label: label for label in catalog.label_columns},
         "label_rule": options["label_rule"] if catalog.name == "vindr" else None,
         "subset_files": sorted(subset_files),
         "source_root": str(root.resolve()),

@@ -47,6 +47,8 @@ class PreparedDataset:
     index: pd.DataFrame
     images: np.ndarray
     masks: np.ndarray | None
+    boxes: pd.DataFrame | None = None  # image_id, finding, x, y, w, h in pixels of ``images``
+    finding_labels: dict[str, str] = field(default_factory=dict)  # a box's finding -> its label column
     _ladders: dict = field(default_factory=dict, repr=False)  # seed -> the 100/10/1 % subsets
 
     @classmethod
@@ -61,6 +63,8 @@ class PreparedDataset:
         if len(index) != images.shape[0]:
             raise DatasetError(f"{root}: index.csv has {len(index)} rows but images.npy has {images.shape[0]} images")
         masks = np.load(root / "masks.npy", mmap_mode="r") if (root / "masks.npy").exists() else None
+        boxes = pd.read_csv(root / "boxes.csv", dtype={"image_id": str}) if (root / "boxes.csv").exists() else None
+        labels = list(manifest["label_columns"])
         return cls(
             root=root,
             name=manifest["name"],
@@ -69,6 +73,8 @@ class PreparedDataset:
             index=index,
             images=images,
             masks=masks,
+            boxes=boxes,
+            finding_labels=manifest.get("finding_labels") or {label: label for label in labels},
         )
 
     @property

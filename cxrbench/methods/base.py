@@ -53,6 +53,8 @@ class Method(nn.Module):
     # non-tensor attributes that change during pretraining (a schedule's current value, a
     # Python RNG): saved in checkpoints so a resumed run continues exactly where it stopped
     checkpoint_attributes: ClassVar[tuple[str, ...]] = ()
+    # a plugin's defaults per profile name, applied under the profile's own ``methods:`` entry
+    profile_overrides: ClassVar[dict[str, dict]] = {}
 
     def __init__(self, hyperparameters: Any | None = None):
         super().__init__()

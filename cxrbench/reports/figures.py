@@ -1,8 +1,13 @@
-"""Figures (matplotlib): sample phantom images with their labels and finding boxes."""
+"""Figures (matplotlib/seaborn): phantom samples, and the report's figures from run records.
+
+Report figures read only the records and the predictions stored beside them (heatmaps,
+overlay images and masks are stored by the protocols), never the datasets or the models.
+"""
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.patches as patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cxrbench.benchmark.records import atomic_write_bytes  # noqa: E402
@@ -45,3 +51,176 @@ def phantom_samples_figure(data_config: dict, out_path: Path, per_dataset: int =
     plt.close(figure)
     atomic_write_bytes(Path(out_path), buffer.getvalue())
     return Path(out_path)
+
+
+# --- report figures, from run records and their stored predictions (PNG and PDF each)
+
+
+def _save(figure, stem: Path) -> list[Path]:
+    written = []
+    for suffix in ("png", "pdf"):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=suffix, dpi=120, bbox_inches="tight")
+        atomic_write_bytes(stem.with_suffix(f".{suffix}"), buffer.getvalue())
+        written.append(stem.with_suffix(f".{suffix}"))
+    plt.close(figure)
+    return written
+
+
+def label_efficiency_figure(records: pd.DataFrame, protocol: str, metric: str, what: str, stem: Path) -> list[Path]:
+    """Score against label fraction per method, one panel per dataset; bars: std over seeds."""
+    import seaborn as sns
+
+    subset = records[(records["protocol"] == protocol) & records["ablation"].isna()].dropna(subset=[metric])
+    if subset.empty or subset["label_fraction"].nunique() < 2:
+        return []
+    subset = subset.assign(score=subset[metric].astype(float) * 100)
+    datasets = sorted(subset["dataset"].unique())
+    figure, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
+    for axis, dataset in zip(axes[0], datasets):
+        sns.lineplot(data=subset[subset["dataset"] == dataset], x="label_fraction", y="score", hue="display_name",
+                     style="display_name", markers=True, dashes=False, errorbar="sd", err_style="bars", ax=axis)
+        axis.set_xscale("log")
+        fractions = sorted(subset["label_fraction"].unique())
+        axis.set_xticks(fractions, [f"{f:g}%" for f in fractions])
+        axis.set_title(dataset)
+        axis.set_xlabel("labels used")
+        axis.set_ylabel(what)
+        axis.legend(fontsize=6, title=None)
+    figure.suptitle(f"Label efficiency, {protocol}", fontsize=10)
+    return _save(figure, stem)
+
+
+def _predictions(results_dir: Path, record_file: str) -> dict:
+    path = Path(results_dir) / record_file
+    record = json.loads(path.read_text())
+    with np.load(path.with_name(record["predictions_file"])) as stored:
+        return {key: stored[key] for key in stored.files}
+
+
+def gradcam_figure(results_dir: Path, records: pd.DataFrame, stem: Path, max_images: int = 6) -> tuple[list[Path], pd.DataFrame]:
+    """Figure 2: Grad-CAM of the fine-tuned models on boxed test images, methods x images; and the scores."""
+    candidates = []
+    for row in records[records["protocol"] == "finetune"].itertuples():
+        record = json.loads((Path(results_dir) / row.record_file).read_text())
+        scores = record["metrics"].get("localisation")
+        if scores and scores.get("num_heatmaps"):
+            candidates.append((row, scores))
+    if not candidates:
+        return [], pd.DataFrame()
+    table = pd.DataFrame([{"method": row.display_name, "dataset": row.dataset, "labels": _fraction_text(row.label_fraction),
+                           "seed": row.seed, "pointing game": scores["pointing_game"],
+                           "heatmap mass inside box": scores["mass_inside_box"], "heatmaps": scores["num_heatmaps"]}
+                          for row, scores in candidates])
+    # the figure: one dataset and fraction (the smallest fraction, as the paper's 1 %), seed 0 cells
+    first = min(candidates, key=lambda c: (c[0].label_fraction, c[0].dataset, c[0].seed))[0]
+    chosen = [row for row, _ in candidates if (row.dataset, row.label_fraction, row.seed) == (first.dataset, first.label_fraction, first.seed)]
+    chosen.sort(key=lambda row: (not row.is_baseline, row.method))
+    stored = {row.method: _predictions(results_dir, row.record_file) for row in chosen}
+    common = None
+    for arrays in stored.values():
+        keys = list(zip(arrays["cam_image_ids"], arrays["cam_labels"]))
+        common = keys if common is None else [key for key in common if key in set(keys)]
+    common = (common or [])[:max_images]
+    if not common:
+        return [], table
+    figure, axes = plt.subplots(len(chosen), len(common), figsize=(1.9 * len(common), 2.0 * len(chosen)), squeeze=False)
+    for axes_row, row in zip(axes, chosen):
+        arrays = stored[row.method]
+        keys = list(zip(arrays["cam_image_ids"], arrays["cam_labels"]))
+        for axis, key in zip(axes_row, common):
+            k = keys.index(key)
+            axis.imshow(arrays["cam_images"][k], cmap="gray", vmin=0, vmax=255)
+            axis.imshow(arrays["cams"][k].astype(np.float32), cmap="jet", alpha=0.4, vmin=0, vmax=1)
+            x, y, w, h = arrays["cam_boxes"][k]
+            axis.add_patch(patches.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="white", linewidth=1.0))
+            axis.set_xticks([]), axis.set_yticks([])
+            if axis is axes_row[0]:
+                axis.set_ylabel(row.display_name, fontsize=8)
+            if row is chosen[0]:
+                axis.set_title(f"{key[0]}\n{key[1]}", fontsize=6)
+    figure.suptitle(f"Grad-CAM, fine-tuned at {_fraction_text(first.label_fraction)} on {first.dataset} (boxes: ground truth)", fontsize=9)
+    return _save(figure, stem), table
+
+
+def _fraction_text(fraction: float) -> str:
+    return "All" if fraction == 100 else f"{fraction:g}%"
+
+
+def segmentation_figures(results_dir: Path, records: pd.DataFrame, stem: Path, max_images: int = 5) -> list[Path]:
+    """Figure 3: overlays (truth green, prediction red) per method, and Dice bars per method and fraction."""
+    import seaborn as sns
+
+    subset = records[(records["protocol"] == "segmentation")].dropna(subset=["dice_per_image"])
+    if subset.empty:
+        return []
+    written = []
+    figure, axis = plt.subplots(figsize=(max(4.0, 0.9 * subset["method"].nunique() + 2), 3.2))
+    sns.barplot(data=subset.assign(dice=subset["dice_per_image"] * 100), x="display_name", y="dice", hue="label_fraction",
+                errorbar="sd", ax=axis)
+    axis.set_xlabel("")
+    axis.set_ylabel("Dice x 100 (per image)")
+    axis.tick_params(axis="x", rotation=30)
+    axis.legend(title="labels (%)", fontsize=7)
+    written += _save(figure, stem.with_name(stem.name + "_dice"))
+    largest = subset[(subset["label_fraction"] == subset["label_fraction"].max()) & (subset["seed"] == subset["seed"].min())]
+    largest = largest.sort_values(["is_baseline", "method"], ascending=[False, True])
+    stored = [(row, _predictions(results_dir, row.record_file)) for row in largest.itertuples()]
+    stored = [(row, arrays) for row, arrays in stored if "overlay_images" in arrays and len(arrays["overlay_images"])]
+    if not stored:
+        return written
+    count = min(max_images, min(len(arrays["overlay_images"]) for _, arrays in stored))
+    figure, axes = plt.subplots(len(stored), count, figsize=(1.9 * count, 2.0 * len(stored)), squeeze=False)
+    for axes_row, (row, arrays) in zip(axes, stored):
+        shape = tuple(arrays["mask_shape"])
+        predicted = np.unpackbits(arrays["masks_packed"], axis=1)[:, : shape[0] * shape[1]].reshape(-1, *shape)
+        for axis, k in zip(axes_row, range(count)):
+            position = int(arrays["overlay_positions"][k])
+            axis.imshow(arrays["overlay_images"][k], cmap="gray", vmin=0, vmax=255)
+            axis.imshow(np.ma.masked_where(predicted[position] == 0, predicted[position]), cmap="autumn", alpha=0.45)
+            axis.contour(arrays["overlay_truth"][k], levels=[0.5], colors="lime", linewidths=0.8)
+            axis.set_title(f"Dice {arrays['dice'][position]:.2f}", fontsize=7)
+            axis.set_xticks([]), axis.set_yticks([])
+            if k == 0:
+                axis.set_ylabel(row.display_name, fontsize=8)
+    figure.suptitle(f"Segmentation at {_fraction_text(largest['label_fraction'].iloc[0])} labels: truth (green contour), prediction (red)", fontsize=9)
+    return written + _save(figure, stem.with_name(stem.name + "_overlays"))
+
+
+def pretraining_figures(results_dir: Path, stem: Path) -> list[Path]:
+    """Pretraining loss per epoch for every method; OPTiML's diagnostics where recorded."""
+    records = []
+    for path in sorted((Path(results_dir) / "pretrain").glob("*/record.json")):
+        records.append(json.loads(path.read_text()))
+    records = [r for r in records if r.get("history")]
+    if not records:
+        return []
+    columns = min(4, len(records))
+    rows = int(np.ceil(len(records) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.3 * rows), squeeze=False)
+    for axis in axes.flat[len(records):]:
+        axis.axis("off")
+    for axis, record in zip(axes.flat, records):
+        history = pd.DataFrame(record["history"])
+        axis.plot(history["epoch"], history["loss"], marker="o", markersize=3)
+        axis.set_title(f"{record['method']} ({record['pretrain_dataset']})", fontsize=8)
+        axis.set_xlabel("epoch", fontsize=7)
+        axis.set_ylabel("loss", fontsize=7)
+        axis.tick_params(labelsize=6)
+    figure.suptitle("Pretraining loss (mean per epoch)", fontsize=9)
+    written = _save(figure, stem.with_name(stem.name + "_loss"))
+    diagnostics = [r for r in records if r["method"].startswith("optiml")]
+    keys = ["ot", "plan_entropy", "mu_entropy", "sinkhorn_iterations", "feature_std"]
+    if diagnostics:
+        figure, axes = plt.subplots(1, len(keys), figsize=(2.9 * len(keys), 2.4), squeeze=False)
+        for axis, key in zip(axes[0], keys):
+            for record in diagnostics:
+                history = pd.DataFrame(record["history"])
+                if key in history:
+                    axis.plot(history["epoch"], history[key], marker="o", markersize=3, label=record["method"])
+            axis.set_title(key, fontsize=8)
+            axis.tick_params(labelsize=6)
+        axes[0][0].legend(fontsize=6)
+        figure.suptitle("OPTiML diagnostics per epoch (transport cost, entropies, Sinkhorn iterations, feature std)", fontsize=9)
+        written += _save(figure, stem.with_name(stem.name + "_optiml_diagnostics"))
+    return written

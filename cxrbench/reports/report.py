@@ -1,0 +1,197 @@
+"""``bench report``: every table and figure of a run (and/or of the paper) plus one page linking them.
+
+``write_report(results, out)`` renders from our records; ``write_report(None, out,
+reference="optiml-paper")`` regenerates the paper's Tables I-III from the transcribed
+numbers alone; with both, our cells and the paper's sit side by side. Each report gets an
+``index.md`` and a self-contained ``index.html`` (images inlined) that list every table and
+figure and the provenance of every cell (record file, configuration hash, commit).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from cxrbench.benchmark.records import atomic_write_bytes
+from cxrbench.reports import figures
+from cxrbench.reports.reference import load_reference
+from cxrbench.reports.tables import (
+    ABLATION_CAPTION,
+    TABLES,
+    ReportError,
+    build_ablation_table,
+    caption_for,
+    layout,
+    load_records,
+    printed_delta_disagreements,
+    reference_records,
+    render_latex,
+    render_markdown,
+    side_by_side,
+    summarise,
+)
+
+PAPER_TABLES = {"finetune": "I", "frozen": "II"}
+
+
+def _paper_table(paper, protocol: str):
+    """The rows of the paper's table for this protocol (Table III repeats OPTiML at 1 and 10 %)."""
+    return paper[paper["table"] == PAPER_TABLES[protocol]]
+
+
+class _Page:
+    """What the index page lists, in order: (kind, title, payload)."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.items: list[tuple[str, str, object]] = []
+
+    def table(self, title: str, markdown: str, files: list[Path]):
+        self.items.append(("table", title, (markdown, files)))
+
+    def figure(self, title: str, files: list[Path]):
+        if files:
+            self.items.append(("figure", title, files))
+
+    def frame(self, title: str, frame: pd.DataFrame):
+        if not frame.empty:
+            self.items.append(("frame", title, frame))
+
+
+def _write_table(out_dir: Path, stem: str, markdown: str, latex: str, csv: pd.DataFrame) -> list[Path]:
+    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.tex", out_dir / f"{stem}.csv"]
+    for path, text in zip(paths, (markdown, latex, csv.to_csv(index=False))):
+        atomic_write_bytes(path, text.encode())
+    return paths
+
+
+def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | None = None, baseline: str | None = None) -> list[Path]:
+    if results_dir is None and reference is None:
+        raise ReportError("give --results DIR, --reference NAME, or both")
+    out_dir = Path(out_dir)
+    ours = load_records(results_dir) if results_dir is not None else None
+    paper = None
+    if reference is not None:
+        try:
+            reference_table = load_reference(reference)
+        except FileNotFoundError as error:
+            raise ReportError(str(error)) from None
+        paper = reference_records(reference_table)
+    page = _Page(f"cxrbench report: {results_dir or ''}{' + ' if results_dir and reference else ''}{reference or ''}")
+    written: list[Path] = []
+
+    for protocol, (stem, title, metric, what) in TABLES.items():
+        if ours is not None and paper is not None and protocol in PAPER_TABLES:
+            table = side_by_side(summarise(ours, protocol, metric), summarise(_paper_table(paper, protocol), protocol, metric), baseline)
+            if table.empty:
+                continue
+            caption = (f"{title}: our cells [ours] and the paper's Table {PAPER_TABLES[protocol]} [paper]. {what}; deltas to "
+                       f"each source's own baseline row (bs). Our phantom-X datasets are shown under X: phantom numbers "
+                       f"are not chest X-ray results.")
+            stem = f"{stem}_vs_paper"
+            footnotes = []
+        elif ours is not None:
+            table = layout(summarise(ours, protocol, metric), baseline)
+            if table.empty:
+                continue
+            caption = caption_for(title, what, table.baseline, baseline is not None)
+            footnotes = []
+        else:
+            if protocol not in PAPER_TABLES:
+                continue
+            table = layout(summarise(_paper_table(paper, protocol), protocol, metric), baseline)
+            if table.empty:
+                continue
+            caption = caption_for(f"{title}, from the paper's published numbers ({reference})", what, table.baseline, True)
+            footnotes = printed_delta_disagreements(reference_table, table, PAPER_TABLES[protocol])
+            if footnotes:
+                caption += f" Deltas recomputed from the numbers; {len(footnotes)} printed delta(s) disagree, listed below."
+            stem = f"{stem}_paper"
+        markdown = render_markdown(table.frame(), caption, footnotes)
+        files = _write_table(out_dir, stem, markdown, render_latex(table, caption, f"tab:{stem}", footnotes), table.summary)
+        written += files
+        page.table(title, markdown, files)
+
+    ablation_sources = [(ours, "table3_ablation", ABLATION_CAPTION)] if ours is not None else []
+    if paper is not None:
+        ablation_sources.append((paper[paper["table"] == "III"], "table3_ablation_paper",
+                                 ABLATION_CAPTION.replace("on the test split", f"from the paper's published numbers ({reference})")))
+    for records, stem, caption in ablation_sources:
+        ablation = build_ablation_table(records)
+        if ablation.empty:
+            continue
+        markdown = f"{caption}\n\n" + tabulate(ablation.values.tolist(), headers=list(ablation.columns), tablefmt="pipe", stralign="center") + "\n"
+        latex = render_latex(ablation.set_index("Method").replace(r"\*\*", "", regex=True), caption, f"tab:{stem}")
+        files = _write_table(out_dir, stem, markdown, latex, ablation)
+        written += files
+        page.table("Table III: OPTiML ablation", markdown, files)
+
+    if ours is not None:
+        written += _figures(Path(results_dir), ours, out_dir, page)
+        tests_path = Path(results_dir) / "paired-tests.csv"
+        if tests_path.is_file():
+            tests = pd.read_csv(tests_path)
+            page.frame("Paired bootstrap tests against the baseline row (difference of the headline score, 95 % interval, p-value)", tests)
+        provenance = ours[["record_file", "method", "dataset", "protocol", "label_fraction", "seed", "config_sha1", "git_commit", "created"]]
+        page.frame("Provenance of every cell", provenance)
+    if not written:
+        raise ReportError(f"{results_dir}: records hold no finetune, frozen or segmentation results with a defined score")
+    written += _write_pages(page, out_dir)
+    return written
+
+
+def _figures(results_dir: Path, records: pd.DataFrame, out_dir: Path, page: _Page) -> list[Path]:
+    written = []
+    for protocol, (_, title, metric, what) in TABLES.items():
+        files = figures.label_efficiency_figure(records, protocol, metric, what, out_dir / f"label_efficiency_{protocol}")
+        page.figure(f"Label efficiency: {title}", files)
+        written += files
+    files, localisation = figures.gradcam_figure(results_dir, records, out_dir / "gradcam")
+    page.figure("Figure 2: Grad-CAM heatmaps of the fine-tuned models with the ground-truth boxes", files)
+    written += files
+    if not localisation.empty:
+        markdown = ("Localisation of the Grad-CAM heatmaps on the boxed test images (pointing game: share of heatmaps whose "
+                    "maximum lies in the box; mass: mean share of the heatmap inside the box).\n\n"
+                    + tabulate(localisation.values.tolist(), headers=list(localisation.columns), tablefmt="pipe", floatfmt=".3f") + "\n")
+        files = _write_table(out_dir, "localisation", markdown, render_latex(localisation.set_index("method"), "Grad-CAM localisation", "tab:localisation"), localisation)
+        page.table("Grad-CAM localisation scores", markdown, files)
+        written += files
+    files = figures.segmentation_figures(results_dir, records, out_dir / "segmentation")
+    page.figure("Figure 3: segmentation Dice per method and overlays", files)
+    written += files
+    files = figures.pretraining_figures(results_dir, out_dir / "pretraining")
+    page.figure("Pretraining loss curves and OPTiML diagnostics", files)
+    return written + files
+
+
+def _write_pages(page: _Page, out_dir: Path) -> list[Path]:
+    markdown = [f"# {page.title}\n"]
+    body = [f"<h1>{html.escape(page.title)}</h1>"]
+    for kind, title, payload in page.items:
+        markdown.append(f"\n## {title}\n")
+        body.append(f"<h2>{html.escape(title)}</h2>")
+        if kind == "table":
+            text, files = payload
+            markdown.append(text + "\nFiles: " + ", ".join(f"[{p.name}]({p.name})" for p in files) + "\n")
+            body.append(f"<pre>{html.escape(text)}</pre><p>" + ", ".join(f'<a href="{p.name}">{p.name}</a>' for p in files) + "</p>")
+        elif kind == "figure":
+            pngs = [p for p in payload if p.suffix == ".png"]
+            markdown.append("".join(f"![{title}]({png.name})\n\n" for png in pngs)
+                            + ", ".join(f"[{p.name}]({p.name})" for p in payload) + "\n")
+            for png in pngs:
+                data = base64.b64encode(png.read_bytes()).decode()
+                body.append(f'<img alt="{html.escape(title)}" style="max-width:100%" src="data:image/png;base64,{data}">')
+        else:
+            frame: pd.DataFrame = payload
+            markdown.append(tabulate(frame.values.tolist(), headers=list(frame.columns), tablefmt="pipe") + "\n")
+            body.append(frame.to_html(index=False, border=0))
+    index_md, index_html = out_dir / "index.md", out_dir / "index.html"
+    atomic_write_bytes(index_md, "\n".join(markdown).encode())
+    style = "body{font-family:sans-serif;max-width:1200px;margin:auto}pre{font-size:12px;overflow-x:auto}table{font-size:12px}"
+    atomic_write_bytes(index_html, (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(page.title)}</title>"
+                                    f"<style>{style}</style></head><body>" + "\n".join(body) + "</body></html>").encode())
+    return [index_md, index_html]

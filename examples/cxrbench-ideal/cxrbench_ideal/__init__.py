@@ -1,0 +1,1 @@
+"""IDEAL as a cxrbench plugin: the ``ideal`` method and the ``segmentation-semi`` protocol."""

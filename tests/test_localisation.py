@@ -1,0 +1,19 @@
+"""Localisation scores of heatmaps against boxes."""
+
+import numpy as np
+import pytest
+
+from cxrbench.benchmark.localisation import _box_mask, localisation_scores
+
+
+def test_pointing_game_and_mass_inside_the_box():
+    box = _box_mask([(2, 2, 4, 4)], 10)  # x 2..5, y 2..5
+    assert box.sum() == 16 and box[2, 2] and box[5, 5] and not box[6, 6]
+    inside = np.zeros((10, 10))
+    inside[3, 3], inside[8, 8] = 3.0, 1.0  # maximum in the box, a quarter of the mass outside
+    outside = np.zeros((10, 10))
+    outside[8, 8], outside[3, 3] = 3.0, 1.0
+    scores = localisation_scores(np.stack([inside, outside]), np.stack([box, box]))
+    assert scores["pointing_game"] == 0.5
+    assert scores["mass_inside_box"] == pytest.approx((0.75 + 0.25) / 2)
+    assert scores["num_heatmaps"] == 2

@@ -12,10 +12,11 @@ from pydicom.data import get_testdata_file
 from cxrbench.benchmark.cli import main
 from cxrbench.datasets.decode import read_dicom, read_png
 from cxrbench.datasets.prepare import prepare_dataset
-from cxrbench.datasets.prepared import PreparedDataset
+from cxrbench.datasets.prepared import DatasetError, PreparedDataset
 from cxrbench.datasets.real.common import PrepareError, decode_rle
 from cxrbench.datasets.real.nih import LABELS as NIH_LABELS
 from cxrbench.datasets.real.nih import read_labels
+from cxrbench.datasets.real.vindr import LABELS as VINDR_LABELS
 from cxrbench.datasets.real.vindr import image_labels
 from cxrbench.datasets.splits import nested_fraction_subsets, patient_split
 
@@ -23,6 +24,7 @@ from raw_layouts import (
     FIXTURES,
     REAL_NIH_PNGS,
     REAL_SIIM_DICOM,
+    generated_dicom,
     nih_tree,
     real_csv,
     real_csv_text,
@@ -225,6 +227,12 @@ def test_dicom_mapping_inverts_monochrome1_and_applies_the_voi_window():
     # darker than the mediastinum, as on any displayed radiograph
     lung, mediastinum = uncompressed[900:1000, 500:600].mean(), uncompressed[900:1000, 900:1000].mean()
     assert mediastinum - lung > 40
+    # the VOI window (centre 15000, width 30000) by DICOM's linear function, then the inversion
+    import pydicom
+
+    stored = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm")).pixel_array.astype(float)
+    expected = 1 - np.clip((stored - 14999.5) / 29999 + 0.5, 0, 1)
+    assert np.abs(uncompressed.astype(int) - np.round(expected * 255).astype(int)).max() <= 1
     lossless = read_dicom(get_testdata_file("RG1_J2KR.dcm"))
     np.testing.assert_array_equal(lossless, uncompressed)  # JPEG 2000 lossless decodes to the same pixels
     lossy = read_dicom(get_testdata_file("RG1_J2KI.dcm"))
@@ -274,7 +282,8 @@ def test_benchx_lists_give_the_split_and_the_subsets(tmp_path):
     ids = list(rows["Image Index"])
     lists = tmp_path / "lists"
     lists.mkdir()
-    parts = {"train": ids[: len(ids) - 4], "val": ids[-4:-2], "test": ids[-2:], "train_1": ids[:1], "train_10": ids[:3]}
+    # one image in no list (dropped); BenchX's subsets are image-level and need not nest
+    parts = {"train": ids[1 : len(ids) - 4], "val": ids[-4:-2], "test": ids[-2:], "train_1": ids[1:2], "train_10": ids[2:5]}
     for part, members in parts.items():
         (lists / f"NIH_Chest_Xray_{part}.txt").write_text("\n".join(members) + "\n")
     prepare_dataset("nih", raw, tmp_path / "nih", size=32, workers=1, seeds=(0,), splits="benchx", splits_dir=lists)
@@ -283,6 +292,19 @@ def test_benchx_lists_give_the_split_and_the_subsets(tmp_path):
         assert set(data.index.loc[data.index["split"] == part, "image_id"]) == set(parts[part])
     assert list(data.index["image_id"].iloc[data.label_fraction_positions(1, 0)]) == parts["train_1"]
     assert set(data.index["image_id"].iloc[data.label_fraction_positions(10, 0)]) == set(parts["train_10"])
+    assert ids[0] not in set(data.index["image_id"])
+    labels = rows.set_index("Image Index")["Finding Labels"]
+    for image_id, row in data.index.set_index("image_id").iterrows():  # labels still belong to their rows
+        assert {label for label in NIH_LABELS if row[label]} == set(labels[image_id].split("|")) - {"No Finding"}
+    # one published draw: another seed is refused rather than drawn by another rule
+    with pytest.raises(DatasetError, match="seed 0"):
+        data.label_fraction_positions(1, 1)
+    # lists that name none of this tree's images: a one-line error, nothing written
+    for part in parts:
+        (lists / f"NIH_Chest_Xray_{part}.txt").write_text("00099999_000.png\n")
+    with pytest.raises(PrepareError, match="no image of this nih tree is in BenchX's train, val, test"):
+        prepare_dataset("nih", raw, tmp_path / "nih2", size=32, workers=1, seeds=(0,), splits="benchx", splits_dir=lists)
+    assert not (tmp_path / "nih2").exists()
 
 
 def test_shipped_benchx_lists_are_the_published_ones():
@@ -317,3 +339,41 @@ def test_subsets_have_exactly_the_requested_patients_even_on_tiny_sets(patients)
     subsets = nested_fraction_subsets(ids, labels, [100, 10, 1], seed=0)
     for fraction in (1, 10, 100):
         assert ids.iloc[subsets[fraction]].nunique() == max(1, int(np.ceil(patients * fraction / 100)))
+
+
+def test_vindr_physionet_layout_uses_the_released_consensus_test_set(tmp_path):
+    raw = tmp_path / "raw"
+    rows = vindr_tree(raw, images=20)
+    (raw / "annotations").mkdir()
+    # PhysioNet boxes 8 local labels beyond Kaggle's 14: such a row is dropped, its image kept
+    table = pd.read_csv(raw / "train.csv", dtype={"image_id": str})
+    extra = table.iloc[:1].assign(class_name="Rib fracture", class_id=20)
+    pd.concat([table, extra]).to_csv(raw / "annotations" / "annotations_train.csv", index=False)
+    (raw / "train.csv").unlink()
+    test_ids = [f"test{i:03d}" for i in range(6)]
+    labels = pd.DataFrame({"image_id": test_ids, **{name: [int(i % 3 == k % 3) for i in range(6)] for k, name in enumerate(VINDR_LABELS)},
+                           "No finding": 0})
+    labels.to_csv(raw / "annotations" / "image_labels_test.csv", index=False)
+    for i, image_id in enumerate(test_ids):
+        generated_dicom(raw / "test" / f"{image_id}.dicom", seed=100 + i)
+    manifest = prepare_dataset("vindr", raw, tmp_path / "vindr", size=32, workers=1, seeds=(0,))
+    data = PreparedDataset.load(tmp_path / "vindr")
+    assert set(data.index.loc[data.index["split"] == "test", "image_id"]) == set(test_ids)
+    assert manifest["counts_per_split"]["train"] + manifest["counts_per_split"]["val"] == rows["image_id"].nunique()
+    assert not any("Rib fracture" in p["reason"] for p in manifest["skipped"])
+    first = data.index.set_index("image_id").loc["test000", VINDR_LABELS]
+    assert first.tolist() == labels.set_index("image_id").loc["test000", VINDR_LABELS].tolist()
+
+
+def test_a_corrupt_dicom_is_skipped_and_listed_or_stops_strict(tmp_path):
+    raw = tmp_path / "raw"
+    rows = rsna_tree(raw, images=8)
+    broken = rows["patientId"].iloc[-1]
+    path = raw / "stage_2_train_images" / f"{broken}.dcm"
+    path.write_bytes(path.read_bytes()[:300])  # truncated: header without pixel data
+    manifest = prepare_dataset("rsna", raw, tmp_path / "rsna", size=32, workers=1, seeds=(0,))
+    assert any(p["file"].endswith(f"{broken}.dcm") and p["reason"].startswith("cannot decode DICOM") for p in manifest["skipped"])
+    assert broken not in set(PreparedDataset.load(tmp_path / "rsna").index["image_id"])
+    with pytest.raises(PrepareError, match=broken):
+        prepare_dataset("rsna", raw, tmp_path / "strict", size=32, workers=1, seeds=(0,), strict=True)
+    assert not (tmp_path / "strict").exists() and not list(tmp_path.glob(".strict.*"))

@@ -43,7 +43,7 @@ def test_dice_iou_and_hd95_follow_their_definitions():
     assert summary["hd95"] == pytest.approx(2.0)  # the boxes are 2 px apart at their far edges
 
 
-def test_segmentation_protocol_learns_on_phantom_masks(smoke_profile):
+def test_segmentation_protocol_stores_predictions_that_reproduce_its_metrics(smoke_profile):
     siim = DATASETS.get("phantom-siim")().load(smoke_profile["data"])
     torch.manual_seed(0)
     state = get_method("sup1")().export_encoder()

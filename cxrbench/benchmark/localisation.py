@@ -75,6 +75,8 @@ def gradcam_on_boxes(model: nn.Module, target_layer: nn.Module, dataset: Prepare
         "cam_image_ids": np.array([image_id for (image_id, _), _ in pairs]),
         "cam_labels": np.array([label for (_, label), _ in pairs]),
         "cams": cams.astype(np.float16),
-        "cam_boxes": np.array([group[["x", "y", "w", "h"]].to_numpy()[0] for _, group in pairs], dtype=np.float32),
+        # every box of the pair (up to 4, NaN-padded), for drawing
+        "cam_boxes": np.stack([np.pad(group[["x", "y", "w", "h"]].to_numpy(dtype=np.float32)[:4],
+                                      ((0, 4 - min(4, len(group))), (0, 0)), constant_values=np.nan) for _, group in pairs]),
     }
     return localisation_scores(cams, box_masks), arrays

@@ -43,7 +43,13 @@ def _load_plugins() -> None:
         except Exception as error:  # a plugin must never take the whole suite down
             warnings.warn(f"cxrbench: plugin protocol {entry_point.name!r} from {origin} failed to load: {error}")
             continue
-        if entry_point.name not in PROTOCOLS:
+        missing = [attribute for attribute in ("tasks", "description", "prepare_shared", "run") if not hasattr(protocol, attribute)]
+        if missing:
+            warnings.warn(f"cxrbench: plugin protocol {entry_point.name!r} from {origin} lacks {missing}; not loaded")
+        elif entry_point.name in PROTOCOLS:
+            warnings.warn(f"cxrbench: plugin protocol {entry_point.name!r} from {origin} has the name of a "
+                          f"{PROTOCOL_ORIGINS[entry_point.name]} protocol; ignored")
+        else:
             protocol.name = entry_point.name
             PROTOCOLS[entry_point.name] = protocol
             PROTOCOL_ORIGINS[entry_point.name] = origin

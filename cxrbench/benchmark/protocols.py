@@ -73,6 +73,42 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
     return torch.cat(outputs).numpy()
 
 
+def shuffled_batches(count: int, batch_size: int, generator: torch.Generator):
+    """Endless mini-batches of positions in 0..count-1: a new permutation whenever one runs out."""
+    order, position = torch.randperm(count, generator=generator), 0
+    while True:
+        if position + batch_size > count:
+            order, position = torch.randperm(count, generator=generator), 0
+        yield order[position : position + batch_size]
+        position += batch_size
+
+
+class BestOnValidation:
+    """The model state with the best validation score so far, and early stopping by patience.
+
+    ``update`` returns True when ``patience`` evaluations in a row brought no better score
+    (patience None or 0: never). ``restore`` loads the best state and returns the selection
+    record (score, metric, step, steps run).
+    """
+
+    def __init__(self, metric: str, patience: int | None):
+        self.metric, self.patience = metric, patience
+        self.score, self.step, self.state, self.since_best = -1.0, None, None, 0
+
+    def update(self, score: float, step: int, model: nn.Module) -> bool:
+        if score > self.score:
+            self.score, self.step, self.since_best = score, step, 0
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self.since_best += 1
+        return bool(self.patience) and self.since_best >= self.patience
+
+    def restore(self, model: nn.Module, total_steps: int, steps_run: int) -> dict:
+        model.load_state_dict(self.state)
+        return {"val_score": self.score, "val_metric": self.metric, "step": self.step,
+                "total_steps": total_steps, "steps_run": steps_run}
+
+
 class FrozenProtocol:
     """Linear probe on frozen features.
 
@@ -173,15 +209,11 @@ class FinetuneProtocol:
         train_targets = torch.from_numpy(dataset.targets(train)).to(device)
         val_targets = dataset.targets(val)
         size = dataset.image_size
-        best = {"val_score": -1.0}
-        evaluations_since_best = 0
-        order, position = torch.randperm(len(train), generator=generator), 0
+        best = BestOnValidation("mean_auroc", config.get("patience"))
+        batches = shuffled_batches(len(train), batch_size, generator)
         model.train()
         for step in tqdm(range(1, total_steps + 1), desc="finetune", unit="step", leave=False, disable=None):
-            if position + batch_size > len(train):
-                order, position = torch.randperm(len(train), generator=generator), 0
-            chunk = order[position : position + batch_size]
-            position += batch_size
+            chunk = next(batches)
             views = augment(train_images[chunk].to(device), recipe, size, generator if device.type == "cpu" else None)
             loss = F.binary_cross_entropy_with_logits(model(to_model_input(views)), train_targets[chunk.to(device)])
             optimizer.zero_grad(set_to_none=True)
@@ -189,22 +221,15 @@ class FinetuneProtocol:
             optimizer.step()
             if step % config["eval_every"] == 0 or step == total_steps:
                 val_scores = predict(model, dataset.images[val], device)
-                score = auroc_per_class(val_targets, val_scores, dataset.label_columns)["mean_auroc"] or 0.0
-                if score > best["val_score"]:
-                    best = {"val_score": score, "val_metric": "mean_auroc", "step": step,
-                            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                    evaluations_since_best = 0
-                else:
-                    evaluations_since_best += 1
-                    if config.get("patience") and evaluations_since_best >= config["patience"]:
-                        break  # early stopping: no better validation score for `patience` evaluations
+                if best.update(auroc_per_class(val_targets, val_scores, dataset.label_columns)["mean_auroc"] or 0.0, step, model):
+                    break  # early stopping: no better validation score for `patience` evaluations
         trained = time.perf_counter()
-        model.load_state_dict(best.pop("state"))
+        selection = best.restore(model, total_steps, step)
         test_scores = expit(predict(model, dataset.images[test], device))
-        best["total_steps"], best["steps_run"] = total_steps, step
-        result = _test_result(dataset, test, test_scores, best, len(train), started, trained)
+        result = _test_result(dataset, test, test_scores, selection, len(train), started, trained)
         gradcam = config.get("gradcam") or {}
-        if float(label_fraction) in [float(f) for f in gradcam.get("fractions", [])]:
+        if (float(label_fraction) in [float(f) for f in gradcam.get("fractions", [])]
+                and dataset.name in gradcam.get("datasets", [dataset.name])):
             # Figure 2: heatmaps of the selected model on the boxed test images, scored against the boxes
             cam_started = time.perf_counter()
             scores, arrays = gradcam_on_boxes(model, model[0].layer4[-1], dataset, test, _as_input, device,

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from cxrbench.benchmark.metrics import segmentation_metrics
-from cxrbench.benchmark.protocols import ProtocolResult, _as_input
+from cxrbench.benchmark.metrics import dice_iou_per_image, segmentation_metrics
+from cxrbench.benchmark.protocols import BestOnValidation, ProtocolResult, _as_input, shuffled_batches
 from cxrbench.datasets.prepared import PreparedDataset
 from cxrbench.methods.augment import ViewRecipe, geometric
 from cxrbench.methods.backbone import to_model_input
@@ -80,15 +80,11 @@ class SegmentationProtocol:
         pairs = torch.from_numpy(np.stack([dataset.images[train], dataset.masks[train] * 255], axis=1))
         val_masks = np.asarray(dataset.masks[val], dtype=bool)
         size = dataset.image_size
-        best = {"val_score": -1.0}
-        evaluations_since_best = 0
-        order, position = torch.randperm(len(train), generator=generator), 0
+        best = BestOnValidation("dice_per_image", config.get("patience"))
+        batches = shuffled_batches(len(train), batch_size, generator)
         model.train()
         for step in tqdm(range(1, total_steps + 1), desc="segmentation", unit="step", leave=False, disable=None):
-            if position + batch_size > len(train):
-                order, position = torch.randperm(len(train), generator=generator), 0
-            chunk = order[position : position + batch_size]
-            position += batch_size
+            chunk = next(batches)
             views = geometric(pairs[chunk].to(device), recipe, size, generator if device.type == "cpu" else None)
             images, masks = views[:, :1], (views[:, 1:] > 0.5).float()
             logits = model(to_model_input(images))
@@ -98,18 +94,10 @@ class SegmentationProtocol:
             optimizer.step()
             if step % config["eval_every"] == 0 or step == total_steps:
                 predicted = predict_masks(model, dataset.images[val], device) > 0.5
-                score = segmentation_metrics(predicted, val_masks)[0]["dice_per_image"]
-                if score > best["val_score"]:
-                    best = {"val_score": score, "val_metric": "dice_per_image", "step": step,
-                            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                    evaluations_since_best = 0
-                else:
-                    evaluations_since_best += 1
-                    if config.get("patience") and evaluations_since_best >= config["patience"]:
-                        break  # early stopping: no better validation score for `patience` evaluations
+                if best.update(float(dice_iou_per_image(predicted, val_masks)[0].mean()), step, model):
+                    break  # early stopping: no better validation score for `patience` evaluations
         trained = time.perf_counter()
-        model.load_state_dict(best.pop("state"))
-        best["total_steps"], best["steps_run"] = total_steps, step
+        selection = best.restore(model, total_steps, step)
         predicted = predict_masks(model, dataset.images[test], device) > 0.5
         truth = np.asarray(dataset.masks[test], dtype=bool)
         metrics, per_image = segmentation_metrics(predicted, truth)
@@ -118,7 +106,7 @@ class SegmentationProtocol:
         return ProtocolResult(
             metrics=metrics,
             headline="dice_per_image",
-            selection=best,
+            selection=selection,
             num_train_images=len(train),
             predictions={
                 **per_image,

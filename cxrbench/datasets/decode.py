@@ -5,10 +5,10 @@ One mapping for every dataset, so that a pixel value means the same thing everyw
 PNG    forced to one grey channel (some NIH PNGs are RGB/RGBA); 16-bit PNGs are scaled by
        their bit depth, not clipped.
 DICOM  pydicom, with the pylibjpeg plugins for JPEG baseline/lossless, JPEG 2000 and RLE:
-       stored values -> modality LUT (rescale slope/intercept) -> VOI LUT, or the first
-       window centre/width when there is no LUT -> linear map of the resulting range to
-       [0, 1] (with no VOI at all: the image's own min..max) -> inverted for MONOCHROME1
-       (where high values are dark) -> uint8.
+       stored values -> modality LUT (rescale slope/intercept) -> to [0, 1] by the VOI:
+       a VOI LUT (pydicom) divided by its output maximum, else the first window
+       centre/width by the DICOM linear window function (PS3.3 C.11.2.1.2.1), else the
+       image's own min..max -> inverted for MONOCHROME1 (high values dark) -> uint8.
 Resize square (no padding, the aspect ratio is not kept: chest films are close to square
 and every benchmark we compare with does the same) with an antialiasing filter for images
 and nearest-neighbour for masks.
@@ -42,21 +42,43 @@ def read_png(path: Path) -> np.ndarray:
 
 def read_dicom(path: Path) -> np.ndarray:
     """A DICOM image as a 2-D uint8 grey image, by the mapping in the module docstring."""
+    try:
+        return _dicom_to_uint8(path)
+    except ImageError:
+        raise
+    except Exception as error:  # pydicom raises many types for truncated, odd or unsupported files
+        raise ImageError(f"cannot decode DICOM: {type(error).__name__}: {error}") from None
+
+
+def window_to_unit(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM's linear VOI window function, to [0, 1] instead of the output bit range."""
+    if width < 1:
+        raise ImageError(f"window width {width} < 1")
+    return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+
+def _first(value) -> float:
+    return float(value[0]) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else float(value)
+
+
+def _dicom_to_uint8(path: Path) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    try:
-        dataset = pydicom.dcmread(path)
-        pixels = dataset.pixel_array
-    except Exception as error:  # pydicom raises many types for truncated or unsupported files
-        raise ImageError(f"cannot decode DICOM: {type(error).__name__}: {error}") from None
+    dataset = pydicom.dcmread(path)
+    pixels = dataset.pixel_array
     if pixels.ndim != 2:
         raise ImageError(f"expected one greyscale frame, found pixel data of shape {pixels.shape}")
-    values = apply_modality_lut(pixels, dataset).astype(np.float64)
-    if "VOILUTSequence" in dataset or "WindowCenter" in dataset:
-        values = apply_voi_lut(values, dataset, index=0).astype(np.float64)
-    low, high = float(values.min()), float(values.max())
-    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    values = apply_modality_lut(pixels, dataset)
+    if "VOILUTSequence" in dataset:
+        lut_bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
+        scaled = apply_voi_lut(values, dataset, index=0).astype(np.float64) / (2**lut_bits - 1)
+    elif "WindowCenter" in dataset and "WindowWidth" in dataset:
+        scaled = window_to_unit(values.astype(np.float64), _first(dataset.WindowCenter), _first(dataset.WindowWidth))
+    else:
+        values = values.astype(np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
     if dataset.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
         scaled = 1.0 - scaled
     return np.clip(scaled * 255 + 0.5, 0, 255).astype(np.uint8)

@@ -31,6 +31,8 @@ from cxrbench.datasets.splits import nested_fraction_subsets, patient_split
 
 READERS = {"nih": nih.catalog, "vindr": vindr.catalog, "rsna": rsna.catalog, "siim": siim.catalog}
 BENCHX_PREFIX = {"nih": "NIH_Chest_Xray", "vindr": "VinDr_CXR", "rsna": "RSNA", "siim": "SIIM"}
+BENCHX_LAYOUT = {"nih": "Image Index file names", "vindr": "PhysioNet image ids (its test list is the PhysioNet test set)",
+                 "rsna": "patientIds", "siim": "the PNG re-release's file names (png_images/)"}
 
 
 def _decode(job: tuple) -> tuple:
@@ -54,6 +56,8 @@ def _decode(job: tuple) -> tuple:
         return position, resize_square(image, size), mask, image.shape, None
     except ImageError as error:
         return position, None, None, None, str(error)
+    except Exception as error:  # an odd file must be skipped and listed, never end the whole prepare
+        return position, None, None, None, f"cannot read: {type(error).__name__}: {error}"
 
 
 def _benchx_lists(name: str, directory: Path | None) -> dict[str, set[str]]:
@@ -155,13 +159,19 @@ def _build(catalog: Catalog, root: Path, staging: Path, options: dict, splits_di
             split[stems.isin(lists[part]).to_numpy()] = part
         for image_id in rows.loc[split == "", "image_id"]:
             catalog.problem(image_id, "not in the BenchX split lists (not used)")
+        empty = [part for part in ("train", "val", "test") if not (split == part).any()]
+        if empty:
+            raise PrepareError(f"--splits benchx: no image of this {catalog.name} tree is in BenchX's {', '.join(empty)} "
+                               f"list(s); BenchX names {BENCHX_LAYOUT[catalog.name]}")
         keep = split != ""
         _drop_rows(staging, keep, segmentation)
         rows, split = rows[keep].reset_index(drop=True), split[keep]
+        labels = rows[catalog.label_columns].to_numpy()  # rows were dropped: labels follow them
         stems = rows["image_id"].map(_stem)
         for fraction in (1, 10):
             subset_files[f"train_{fraction}pct_seed0.txt"] = rows.loc[stems.isin(lists[f"train_{fraction}"]) & (split == "train"), "image_id"].tolist()
-        split_rule = "BenchX published lists (train/val/test and the 1%/10% subsets, seed 0)"
+        split_rule = ("BenchX published lists: train/val/test and one draw of the 1%/10% subsets (seed 0 only; "
+                      "image-level, and BenchX's 1% list is not inside its 10% list)")
     else:
         split = rows["split"].to_numpy(dtype=object).copy() if "split" in rows else np.full(len(rows), "", dtype=object)
         free = split == ""
@@ -169,7 +179,8 @@ def _build(catalog: Catalog, root: Path, staging: Path, options: dict, splits_di
         split_rule = catalog.split_rule
     rows["split"] = split
     train = np.flatnonzero(split == "train")
-    for subset_seed in options["seeds"]:
+    # BenchX publishes one draw: its subsets are not mixed with draws of another rule
+    for subset_seed in options["seeds"] if options["splits"] != "benchx" else []:
         wanted = sorted(set(FRACTION_LADDER) | {float(f) for f in options["fractions"]}, reverse=True)
         subsets = nested_fraction_subsets(rows["patient_id"].iloc[train], labels[train], wanted, subset_seed)
         for fraction in options["fractions"]:
@@ -200,8 +211,9 @@ def _build(catalog: Catalog, root: Path, staging: Path, options: dict, splits_di
         "positives_per_split": {part: {column: int(rows.loc[split == part, column].sum()) for column in catalog.label_columns}
                                 for part in ("train", "val", "test")},
         "split_rule": split_rule,
-        "finding_labels": {"Lung Opacity": "target"} if catalog.name == "rsna" else {label: label for label in catalog.label_columns},
-        "label_rule": options["label_rule"] if catalog.name == "vindr" else None,
+        "finding_labels": catalog.finding_labels or {label: label for label in catalog.label_columns},
+        "subset_rule": "benchx" if options["splits"] == "benchx" else "nested, by patient, stratified",
+        "label_rule": catalog.label_rule,
         "subset_files": sorted(subset_files),
         "source_root": str(root.resolve()),
         "source_files": [{"path": os.path.relpath(path, root), "bytes": Path(path).stat().st_size} for path in catalog.source_files],
@@ -216,6 +228,10 @@ def _build(catalog: Catalog, root: Path, staging: Path, options: dict, splits_di
 
 def _compact(full_path: Path, final_path: Path, array: np.memmap, kept: np.ndarray, chunk: int = 1024) -> None:
     """Copy the decoded rows into a final array of exactly their number, then drop the full one."""
+    if len(kept) == len(array):  # nothing skipped: no copy, no doubled disk use
+        array.flush()
+        os.replace(full_path, final_path)
+        return
     final = np.lib.format.open_memmap(final_path, mode="w+", dtype=np.uint8, shape=(len(kept),) + array.shape[1:])
     for start in range(0, len(kept), chunk):
         final[start : start + chunk] = array[kept[start : start + chunk]]

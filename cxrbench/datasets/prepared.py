@@ -49,6 +49,7 @@ class PreparedDataset:
     masks: np.ndarray | None
     boxes: pd.DataFrame | None = None  # image_id, finding, x, y, w, h in pixels of ``images``
     finding_labels: dict[str, str] = field(default_factory=dict)  # a box's finding -> its label column
+    subset_rule: str = "nested, by patient, stratified"
     _ladders: dict = field(default_factory=dict, repr=False)  # seed -> the 100/10/1 % subsets
 
     @classmethod
@@ -75,6 +76,7 @@ class PreparedDataset:
             masks=masks,
             boxes=boxes,
             finding_labels=manifest.get("finding_labels") or {label: label for label in labels},
+            subset_rule=manifest.get("subset_rule", "nested, by patient, stratified"),
         )
 
     @property
@@ -110,6 +112,9 @@ class PreparedDataset:
         train = self.split_positions("train")
         if label_fraction == 100:
             return train
+        if self.subset_rule == "benchx":
+            raise DatasetError(f"{self.root}: prepared with BenchX's lists, which hold one draw of the 1% and 10% "
+                               f"subsets (seed 0); no {listed.name} (run with --seeds 0 and --fractions 1,10,100)")
         ladder = self._ladder(seed)
         if label_fraction in ladder:
             return train[ladder[label_fraction]]

@@ -21,7 +21,7 @@ loss                   2 - 2 cos, symmetrised   same            same            
 optimiser              LARS, momentum 0.9       same            same            same
 base lr (x batch/256)  0.2                      0.2             0.2             0.2
 weight decay           1.5e-6                   1.5e-6          1.5e-6          1.5e-6
-warm-up (epochs)       10                       10              1               0
+warm-up (epochs)       10                       10              0.5             0
 schedule               cosine to 0, per step (all profiles)
 batch size             4096                     64              64              16
 epochs                 300-1000                 300             3               4 steps

@@ -36,8 +36,8 @@ Deviations and why
 * Queue: 65,536 keys are 5% of ImageNet; on the quick phantom (1,276 training images) a queue
   that long would hold keys older than 50 epochs of a changing encoder, so it is shortened to
   1,024 (80% of the data, a multiple of the batch), and to 32 for smoke.
-* Momentum 0.99 on quick/smoke: with 57 steps, 0.999 would leave the key encoder almost at
-  its random initialisation for the whole run (1 - 0.999^57 = 6% update).
+* Momentum 0.99 on quick/smoke: with 38 steps, 0.999 would leave the key encoder almost at
+  its random initialisation for the whole run (1 - 0.999^38 = 4% update).
 * Shuffle-BN: one process cannot shuffle across GPUs; the key batch is permuted and encoded
   in 2 chunks (32 images each at batch 64, the official per-GPU batch), each with its own BN
   statistics, then un-permuted (``shuffle_bn_forward``).

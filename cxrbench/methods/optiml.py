@@ -41,7 +41,7 @@ Sinkhorn stop          1e-5 or 100 iterations    same            same           
 optimiser              LARS, lr 3e-4, wd 1e-4    same            same            same
                        (biases/BN excluded: spec)
 LARS trust coefficient not stated; ours 1.0       1.0             1.0             1.0
-warm-up, schedule      not stated; ours:         10 epochs       1 epoch         0
+warm-up, schedule      not stated; ours:         10 epochs       0.5 epoch       0
                        linear warm-up + cosine
 batch size             64                        64              64              16
 epochs                 300                       300             3               4 steps

@@ -20,7 +20,7 @@ optimiser              LARS, eta 0.001,   same            same            same
                        momentum 0.9
 base lr (x batch/256)  0.2                0.2             0.2             0.2
 weight decay           1e-6               1e-6            1e-6            1e-6
-warm-up (epochs)       10                 10              1               0
+warm-up (epochs)       10                 10              0.5             0
 schedule               cosine to 0.001 x peak lr, per step (all profiles)
 batch size             2048               64              64              16
 epochs                 1000 (100 default) 300             3               4 steps

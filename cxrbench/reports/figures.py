@@ -132,8 +132,9 @@ def gradcam_figure(results_dir: Path, records: pd.DataFrame, stem: Path, max_ima
             k = keys.index(key)
             axis.imshow(arrays["cam_images"][k], cmap="gray", vmin=0, vmax=255)
             axis.imshow(arrays["cams"][k].astype(np.float32), cmap="jet", alpha=0.4, vmin=0, vmax=1)
-            x, y, w, h = arrays["cam_boxes"][k]
-            axis.add_patch(patches.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="white", linewidth=1.0))
+            for x, y, w, h in np.asarray(arrays["cam_boxes"][k]).reshape(-1, 4):
+                if np.isfinite(x):
+                    axis.add_patch(patches.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="white", linewidth=1.0))
             axis.set_xticks([]), axis.set_yticks([])
             if axis is axes_row[0]:
                 axis.set_ylabel(row.display_name, fontsize=8)
@@ -156,12 +157,13 @@ def segmentation_figures(results_dir: Path, records: pd.DataFrame, stem: Path, m
         return []
     written = []
     figure, axis = plt.subplots(figsize=(max(4.0, 0.9 * subset["method"].nunique() + 2), 3.2))
-    sns.barplot(data=subset.assign(dice=subset["dice_per_image"] * 100), x="display_name", y="dice", hue="label_fraction",
-                errorbar="sd", ax=axis)
+    order = [_fraction_text(f) for f in sorted(subset["label_fraction"].unique())]
+    sns.barplot(data=subset.assign(dice=subset["dice_per_image"] * 100, labels=subset["label_fraction"].map(_fraction_text)),
+                x="display_name", y="dice", hue="labels", hue_order=order, errorbar="sd", ax=axis)
     axis.set_xlabel("")
     axis.set_ylabel("Dice x 100 (per image)")
     axis.tick_params(axis="x", rotation=30)
-    axis.legend(title="labels (%)", fontsize=7)
+    axis.legend(title="labels", fontsize=7)
     written += _save(figure, stem.with_name(stem.name + "_dice"))
     largest = subset[(subset["label_fraction"] == subset["label_fraction"].max()) & (subset["seed"] == subset["seed"].min())]
     largest = largest.sort_values(["is_baseline", "method"], ascending=[False, True])
@@ -209,8 +211,9 @@ def pretraining_figures(results_dir: Path, stem: Path) -> list[Path]:
         axis.tick_params(labelsize=6)
     figure.suptitle("Pretraining loss (mean per epoch)", fontsize=9)
     written = _save(figure, stem.with_name(stem.name + "_loss"))
-    diagnostics = [r for r in records if r["method"].startswith("optiml")]
     keys = ["ot", "plan_entropy", "mu_entropy", "sinkhorn_iterations", "feature_std"]
+    # the methods that log OPTiML's transport diagnostics (OPTiML and its ablation variants)
+    diagnostics = [r for r in records if "ot" in r["history"][-1]]
     if diagnostics:
         figure, axes = plt.subplots(1, len(keys), figsize=(2.9 * len(keys), 2.4), squeeze=False)
         for axis, key in zip(axes[0], keys):

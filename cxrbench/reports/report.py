@@ -74,6 +74,11 @@ def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | No
         raise ReportError("give --results DIR, --reference NAME, or both")
     out_dir = Path(out_dir)
     ours = load_records(results_dir) if results_dir is not None else None
+    tables = dict(TABLES)
+    if ours is not None:  # protocols from plugins get a table of their headline metric
+        for protocol in sorted(set(ours["protocol"]) - set(TABLES)):
+            metric = ours.loc[ours["protocol"] == protocol, "headline_metric"].iloc[0]
+            tables[protocol] = (f"protocol_{protocol}", f"Protocol {protocol}", "headline_score", f"{metric} x 100")
     paper = None
     if reference is not None:
         try:
@@ -84,7 +89,12 @@ def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | No
     page = _Page(f"cxrbench report: {results_dir or ''}{' + ' if results_dir and reference else ''}{reference or ''}")
     written: list[Path] = []
 
-    for protocol, (stem, title, metric, what) in TABLES.items():
+    if baseline is not None:
+        known = set(ours["method"]) if ours is not None else set()
+        known |= set(paper["method"]) if paper is not None else set()
+        if baseline not in known:
+            raise ReportError(f"--baseline {baseline}: no such method in these records (present: {', '.join(sorted(known))})")
+    for protocol, (stem, title, metric, what) in tables.items():
         if ours is not None and paper is not None and protocol in PAPER_TABLES:
             table = side_by_side(summarise(ours, protocol, metric), summarise(_paper_table(paper, protocol), protocol, metric), baseline)
             if table.empty:
@@ -131,7 +141,7 @@ def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | No
         page.table("Table III: OPTiML ablation", markdown, files)
 
     if ours is not None:
-        written += _figures(Path(results_dir), ours, out_dir, page)
+        written += _figures(Path(results_dir), ours, out_dir, page, tables)
         tests_path = Path(results_dir) / "paired-tests.csv"
         if tests_path.is_file():
             tests = pd.read_csv(tests_path)
@@ -144,9 +154,9 @@ def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | No
     return written
 
 
-def _figures(results_dir: Path, records: pd.DataFrame, out_dir: Path, page: _Page) -> list[Path]:
+def _figures(results_dir: Path, records: pd.DataFrame, out_dir: Path, page: _Page, tables: dict) -> list[Path]:
     written = []
-    for protocol, (_, title, metric, what) in TABLES.items():
+    for protocol, (_, title, metric, what) in tables.items():
         files = figures.label_efficiency_figure(records, protocol, metric, what, out_dir / f"label_efficiency_{protocol}")
         page.figure(f"Label efficiency: {title}", files)
         written += files

@@ -60,6 +60,8 @@ def load_records(results_dir: Path) -> pd.DataFrame:
                 "seed": int(cell["seed"]),
                 "mean_auroc": record["metrics"].get("mean_auroc"),
                 "dice_per_image": record["metrics"].get("dice_per_image"),
+                "headline_metric": record.get("headline_metric", "mean_auroc"),
+                "headline_score": record["metrics"].get(record.get("headline_metric", "mean_auroc")),
                 "ablation": json.dumps(record.get("method_ablation")) if record.get("method_ablation") else None,
                 "record_file": str(path.relative_to(Path(results_dir))),
                 "git_commit": (record.get("environment") or {}).get("git_commit"),
@@ -157,7 +159,7 @@ def layout(summary: pd.DataFrame, baseline: str | None = None, *, bold: bool = T
     if baseline is None:
         baseline = next((name for name in BASELINE_PREFERENCE if name in present), None)
     elif baseline not in present:
-        raise ReportError(f"--baseline {baseline}: no such method in these results (present: {', '.join(present)})")
+        baseline = None  # the chosen baseline has no cell in this table: no deltas here (the caption says so)
     columns = sorted({(d, f) for d, f in zip(summary["dataset"], summary["label_fraction"])}, key=_column_order)
     lookup = {(r.method, r.dataset, r.label_fraction): r for r in summary.itertuples()}
     best = {column: max(r.mean for key, r in lookup.items() if key[1:] == column) for column in columns}
@@ -219,7 +221,7 @@ def render_latex(table: Table | pd.DataFrame, caption: str, label: str, footnote
 
 def caption_for(title: str, what: str, baseline: str | None, forced: bool) -> str:
     if baseline is None:
-        return f"{title}. {what} on the test split; no supervised baseline row in these records."
+        return f"{title}. {what} on the test split; no baseline row in these records, so no deltas."
     name = BASELINE_NAMES.get(baseline, baseline)
     reason = "" if baseline == "sup2" or forced else ", because Sup.2 has no records"
     return (f"{title}. {what} on the test split; in parentheses the difference to the baseline row (bs), "
@@ -287,6 +289,7 @@ def reference_records(reference: pd.DataFrame) -> pd.DataFrame:
         rows.append({"method": method, "display_name": display, "is_baseline": method in BASELINE_PREFERENCE,
                      "dataset": entry.dataset, "protocol": entry.protocol, "label_fraction": float(entry.fraction),
                      "seed": 0, "mean_auroc": float(entry.value) / 100, "dice_per_image": None, "ablation": ablation,
+                     "headline_metric": "mean_auroc", "headline_score": float(entry.value) / 100,
                      "table": entry.table, "record_file": f"reference:{entry.table}", "git_commit": None,
                      "config_sha1": None, "created": None})
     return pd.DataFrame(rows)

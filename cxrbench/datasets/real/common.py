@@ -34,6 +34,8 @@ class Catalog:
     problems: list[dict] = field(default_factory=list)  # {"file", "reason"}
     boxes: pd.DataFrame | None = None  # image_id, finding, x, y, w, h in source pixels
     source_files: list[Path] = field(default_factory=list)  # label files read, for the manifest
+    label_rule: str | None = None  # how image labels were derived from readers (VinDr)
+    finding_labels: dict[str, str] | None = None  # a box's finding -> its label column (default: same name)
 
     def problem(self, file, reason: str) -> None:
         self.problems.append({"file": str(file), "reason": reason})

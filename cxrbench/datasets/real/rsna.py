@@ -26,7 +26,8 @@ def catalog(root: Path, options: dict) -> Catalog:
     target = pd.to_numeric(table["Target"], errors="coerce")
     result = Catalog(name="rsna", task="binary", label_columns=["target"], rows=pd.DataFrame(),
                      split_fractions={"train": 0.7, "val": 0.15, "test": 0.15},
-                     split_rule="70/15/15 by patient, stratified by target, seeded", source_files=[csv_path])
+                     split_rule="70/15/15 by patient, stratified by target, seeded", source_files=[csv_path],
+                     finding_labels={"Lung Opacity": "target"})
     for image_id in table.loc[target.isna() | ~target.isin([0, 1]), "patientId"]:
         result.problem(f"{csv_path.name}:{image_id}", "Target is not 0 or 1")
     table = table.assign(Target=target).dropna(subset=["Target"])

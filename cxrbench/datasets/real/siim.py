@@ -4,7 +4,8 @@ DICOM layout under ``--root``::
 
     train-rle.csv           header "ImageId, EncodedPixels": relative RLE (stage 1)
       or stage_2_train.csv  header "ImageId,EncodedPixels":  standard RLE (stage 2)
-    dicom-images-train/<study>/<series>/<ImageId>.dcm   (the tree is walked)
+    dicom-images-train/<study>/<series>/<ImageId>.dcm   (the tree is walked; dicom-images-test/
+                                                         too, whose images stage_2_train.csv labels)
 
 ``-1`` means an empty mask; an image with several pneumothoraces has several rows, whose
 masks are merged (union). RLE runs count pixels down the columns of the 1024 x 1024 mask.
@@ -68,7 +69,9 @@ def _dicom_catalog(root: Path, result: Catalog) -> None:
                                 "has_mask": [int(any(text not in ("-1", "") for text in rles)) for rles in grouped],
                                 "mask": [("rle", rles, relative) for rles in grouped]})
     result.source_files.append(rle_path)
-    attach_files(result, index_files([root / "dicom-images-train"], (".dcm",), recursive=True), "dicom-images-train")
+    # the stage-2 label file also covers the stage-1 test images, released in dicom-images-test/
+    folders = [root / "dicom-images-train", root / "dicom-images-test"]
+    attach_files(result, index_files(folders, (".dcm",), recursive=True), "dicom-images-train")
     patients = []
     for path in result.rows["path"]:
         try:

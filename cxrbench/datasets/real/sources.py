@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from cxrbench.datasets.prepared import PreparedDataset
@@ -28,6 +29,11 @@ class PreparedSource:
             return f"{self.name}: no data root is configured (prepare it with `{how}`)"
         if not (directory / "manifest.json").is_file():
             return f"{self.name}: no prepared dataset at {directory} (expected {directory}/manifest.json; `{how}`)"
+        size = json.loads((directory / "manifest.json").read_text()).get("options", {}).get("size")
+        wanted = data_config.get("image_size")
+        if size is not None and wanted is not None and int(size) != int(wanted):
+            return (f"{self.name}: {directory} was prepared at {size} px but the profile trains at {wanted} px; "
+                    f"prepare it again with --size {wanted}, or run with --set data.image_size={size}")
         return None
 
     def load(self, data_config: dict) -> PreparedDataset:

@@ -29,6 +29,10 @@ LABELS = ["Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", 
           "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax",
           "Pulmonary fibrosis"]
 NO_FINDING = "No finding"
+# PhysioNet's annotations box 22 local labels; the 8 beyond Kaggle's 14 are not classes here:
+# their rows are dropped, their images kept
+OTHER_LOCAL_LABELS = ["Clavicle fracture", "Edema", "Emphysema", "Enlarged PA", "Lung cavity", "Lung cyst",
+                      "Mediastinal shift", "Rib fracture"]
 COLUMNS = ["image_id", "class_name", "rad_id", "x_min", "y_min", "x_max", "y_max"]
 
 
@@ -51,12 +55,13 @@ def catalog(root: Path, options: dict) -> Catalog:
         raise PrepareError(f"{root}: no {train_csv.relative_to(root)} (VinDr-CXR's label file)")
     table = read_table(train_csv, COLUMNS, dtype={"image_id": str, "rad_id": str})
     table["class_name"] = table["class_name"].str.strip()
+    table = table[~table["class_name"].isin(OTHER_LOCAL_LABELS)]
     known = table["class_name"].isin(LABELS + [NO_FINDING])
     result = Catalog(name="vindr", task="multilabel", label_columns=list(LABELS), rows=pd.DataFrame(),
                      split_fractions={"train": 0.85, "val": 0.15} if physionet else {"train": 0.7, "val": 0.15, "test": 0.15},
                      split_rule=("test: PhysioNet consensus test set; train/val 85/15 of the training images, stratified"
                                  if physionet else "70/15/15 by image, stratified, seeded"),
-                     source_files=[train_csv])
+                     source_files=[train_csv], label_rule=rule)
     for image_id, class_name in table.loc[~known, ["image_id", "class_name"]].itertuples(index=False):
         result.problem(f"{train_csv.name}:{image_id}", f"unknown class_name {class_name!r}")
     bad = set(table.loc[~known, "image_id"])

@@ -36,7 +36,8 @@ Choices the poster leaves open, recorded:
 * head width 128 at the output, as DenseCL's dense head.
 
 Profiles: ``lr`` 1e-5 is the poster's; at 57 steps (quick) nothing moves with it, so the
-quick and smoke profiles use 1e-3 (``--set methods.ideal.learning_rate=...`` changes it).
+quick and smoke profiles use 1e-3, and smoke also narrows the head's hidden width to 64
+(``--set methods.ideal.learning_rate=...`` changes either).
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxrbench.benchmark.metrics import segmentation_metrics
-from cxrbench.benchmark.protocols import ProtocolResult, _as_input
+from cxrbench.benchmark.metrics import dice_iou_per_image, segmentation_metrics
+from cxrbench.benchmark.protocols import BestOnValidation, ProtocolResult, _as_input
 from cxrbench.methods.augment import ViewRecipe, geometric
 from cxrbench.methods.backbone import to_model_input
 
@@ -128,7 +128,7 @@ class CrossConsistencySegmentation:
         plain = torch.from_numpy(np.asarray(dataset.images[unlabelled])) if len(unlabelled) else None
         batch = min(int(config["batch_size"]), len(labelled))
         val_masks = np.asarray(dataset.masks[val], dtype=bool)
-        best = {"val_score": -1.0}
+        best = BestOnValidation("dice_per_image", config.get("patience"))
         model.train()
         for step in tqdm(range(1, int(config["max_steps"]) + 1), desc="segmentation-semi", unit="step", leave=False, disable=None):
             chosen = torch.randint(len(labelled), (batch,), generator=generator)
@@ -150,17 +150,16 @@ class CrossConsistencySegmentation:
             loss.backward()
             optimizer.step()
             if step % int(config["eval_every"]) == 0 or step == int(config["max_steps"]):
-                score = segmentation_metrics(predict(model, dataset.images[val], device) > threshold, val_masks)[0]["dice_per_image"]
-                if score > best["val_score"]:
-                    best = {"val_score": score, "val_metric": "dice_per_image", "step": step,
-                            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                score = float(dice_iou_per_image(predict(model, dataset.images[val], device) > threshold, val_masks)[0].mean())
+                if best.update(score, step, model):
+                    break
         trained = time.perf_counter()
-        model.load_state_dict(best.pop("state"))
+        selection = best.restore(model, int(config["max_steps"]), step)
         predicted = predict(model, dataset.images[test], device) > threshold
         metrics, per_image = segmentation_metrics(predicted, np.asarray(dataset.masks[test], dtype=bool), surface_distance=True)
         metrics["num_unlabelled_images"] = int(len(unlabelled))
         return ProtocolResult(
-            metrics=metrics, headline="dice_per_image", selection=best, num_train_images=len(labelled),
+            metrics=metrics, headline="dice_per_image", selection=selection, num_train_images=len(labelled),
             predictions={**per_image, "masks_packed": np.packbits(predicted.reshape(len(predicted), -1), axis=1),
                          "mask_shape": np.array(predicted.shape[1:]),
                          "image_ids": np.array(dataset.index["image_id"].iloc[test].tolist())},

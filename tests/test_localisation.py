@@ -13,7 +13,9 @@ def test_pointing_game_and_mass_inside_the_box():
     inside[3, 3], inside[8, 8] = 3.0, 1.0  # maximum in the box, a quarter of the mass outside
     outside = np.zeros((10, 10))
     outside[8, 8], outside[3, 3] = 3.0, 1.0
-    scores = localisation_scores(np.stack([inside, outside]), np.stack([box, box]))
-    assert scores["pointing_game"] == 0.5
-    assert scores["mass_inside_box"] == pytest.approx((0.75 + 0.25) / 2)
-    assert scores["num_heatmaps"] == 2
+    empty = np.zeros((10, 10))  # its argmax (0, 0) would be a hit for a box at the corner: still a miss
+    corner = _box_mask([(0, 0, 2, 2)], 10)
+    scores = localisation_scores(np.stack([inside, outside, empty]), np.stack([box, box, corner]))
+    assert scores["pointing_game"] == pytest.approx(1 / 3)
+    assert scores["mass_inside_box"] == pytest.approx((0.75 + 0.25 + 0) / 3)
+    assert scores["num_heatmaps"] == 3 and scores["empty_heatmaps"] == 1

@@ -147,3 +147,17 @@ def test_report_without_results_or_reference_is_a_one_line_error(capsys):
     assert "give --results DIR" in capsys.readouterr().err
     assert main(["report", "--reference", "no-such-paper"]) == 2
     assert "no-such-paper" in capsys.readouterr().err
+
+
+def test_label_efficiency_curves_keep_optiml_and_leave_out_its_ablation_variants(tmp_path):
+    from cxrbench.reports.figures import efficiency_rows
+
+    write_record(tmp_path, "sup1", 0.6, baseline=True, display="Sup.1")
+    for name, switches in (("optiml", {"var+cov": True, "CV-SIM": True}), ("optiml-ot-only", {"var+cov": False, "CV-SIM": False})):
+        write_record(tmp_path, name, 0.7, display=name)
+        path = tmp_path / "cells" / f"{name}__finetune__1.0__0.json"
+        record = json.loads(path.read_text())
+        record["method_ablation"] = switches
+        path.write_text(json.dumps(record))
+    rows = efficiency_rows(load_records(tmp_path), "finetune", "mean_auroc")
+    assert set(rows["method"]) == {"sup1", "optiml"}

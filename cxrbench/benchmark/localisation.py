@@ -6,7 +6,9 @@ residual block, target = the box's label) for every boxed test image, store them
 cell's predictions, and score them with two numbers the paper lacks:
 
 * pointing game: share of (image, box) pairs whose heatmap maximum falls inside the box;
-* mass inside: mean share of the heatmap's total mass that lies inside the box.
+* mass inside: mean share of the heatmap's total mass that lies inside the box;
+* empty heatmaps: how many were all zero (no positive evidence at the last residual block,
+  common at 64 px where that block is 2 x 2); they count as misses.
 
 A heatmap is computed once per (image, label); an image with two boxes of one label is a hit
 when its maximum falls in either.
@@ -33,13 +35,16 @@ def _box_mask(boxes, size: int) -> np.ndarray:
 def localisation_scores(cams: np.ndarray, box_masks: np.ndarray) -> dict:
     """Pointing-game hit rate and mean heatmap mass inside the boxes, over (image, label) pairs."""
     if len(cams) == 0:
-        return {"pointing_game": None, "mass_inside_box": None, "num_heatmaps": 0}
+        return {"pointing_game": None, "mass_inside_box": None, "num_heatmaps": 0, "empty_heatmaps": 0}
     flat = cams.reshape(len(cams), -1)
-    hits = box_masks.reshape(len(cams), -1)[np.arange(len(cams)), flat.argmax(axis=1)]
+    # an all-zero heatmap (Grad-CAM's ReLU removed everything) points nowhere: a miss, counted
+    empty = flat.max(axis=1) <= 0
+    hits = box_masks.reshape(len(cams), -1)[np.arange(len(cams)), flat.argmax(axis=1)] & ~empty
     total = flat.sum(axis=1)
     inside = (flat * box_masks.reshape(len(cams), -1)).sum(axis=1)
     mass = np.where(total > 0, inside / np.maximum(total, 1e-12), 0.0)
-    return {"pointing_game": float(hits.mean()), "mass_inside_box": float(mass.mean()), "num_heatmaps": int(len(cams))}
+    return {"pointing_game": float(hits.mean()), "mass_inside_box": float(mass.mean()), "num_heatmaps": int(len(cams)),
+            "empty_heatmaps": int(empty.sum())}
 
 
 def gradcam_on_boxes(model: nn.Module, target_layer: nn.Module, dataset: PreparedDataset, test: np.ndarray,

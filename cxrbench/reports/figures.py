@@ -67,15 +67,23 @@ def _save(figure, stem: Path) -> list[Path]:
     return written
 
 
+def efficiency_rows(records: pd.DataFrame, protocol: str, metric: str) -> pd.DataFrame:
+    """The cells a label-efficiency curve plots: ablation variants (a switch off) belong to
+    Table III; the full OPTiML (all switches on) stays."""
+    is_variant = records["ablation"].map(lambda text: isinstance(text, str) and not all(json.loads(text).values()))
+    return records[(records["protocol"] == protocol) & ~is_variant].dropna(subset=[metric])
+
+
 def label_efficiency_figure(records: pd.DataFrame, protocol: str, metric: str, what: str, stem: Path) -> list[Path]:
     """Score against label fraction per method, one panel per dataset; bars: std over seeds."""
     import seaborn as sns
 
-    subset = records[(records["protocol"] == protocol) & records["ablation"].isna()].dropna(subset=[metric])
+    subset = efficiency_rows(records, protocol, metric)
     if subset.empty or subset["label_fraction"].nunique() < 2:
         return []
     subset = subset.assign(score=subset[metric].astype(float) * 100)
-    datasets = sorted(subset["dataset"].unique())
+    order = ("nih", "vindr", "rsna", "siim")  # the paper's column order
+    datasets = sorted(subset["dataset"].unique(), key=lambda d: (order.index(d.removeprefix("phantom-")) if d.removeprefix("phantom-") in order else 9, d))
     figure, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
     for axis, dataset in zip(axes[0], datasets):
         sns.lineplot(data=subset[subset["dataset"] == dataset], x="label_fraction", y="score", hue="display_name",
@@ -110,7 +118,8 @@ def gradcam_figure(results_dir: Path, records: pd.DataFrame, stem: Path, max_ima
         return [], pd.DataFrame()
     table = pd.DataFrame([{"method": row.display_name, "dataset": row.dataset, "labels": _fraction_text(row.label_fraction),
                            "seed": row.seed, "pointing game": scores["pointing_game"],
-                           "heatmap mass inside box": scores["mass_inside_box"], "heatmaps": scores["num_heatmaps"]}
+                           "heatmap mass inside box": scores["mass_inside_box"], "heatmaps": scores["num_heatmaps"],
+                           "empty heatmaps": scores.get("empty_heatmaps")}
                           for row, scores in candidates])
     # the figure: one dataset and fraction (the smallest fraction, as the paper's 1 %), seed 0 cells
     first = min(candidates, key=lambda c: (c[0].label_fraction, c[0].dataset, c[0].seed))[0]

@@ -19,7 +19,6 @@ interrupted build never leaves a directory that passes as complete.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field

@@ -106,10 +106,11 @@ class Cell:
         if self.seeds > 1 and self.std is not None and np.isfinite(self.std):
             text += (" $\\pm$ " if latex else " ± ") + f"{self.std:.1f}"
         if self.delta is not None:
-            arrow = ("↑" if self.delta > 0 else "↓" if self.delta < 0 else "")
+            shown = round(self.delta, 1) + 0.0  # the arrow follows the printed value (+ 0.0: no "-0.0")
+            arrow = "↑" if shown > 0 else "↓" if shown < 0 else ""
             if latex:
                 arrow = {"↑": "$\\uparrow$", "↓": "$\\downarrow$"}.get(arrow, "")
-            text += f" ({self.delta:+.1f}){arrow}"
+            text += f" ({shown:+.1f}){arrow}"
         if self.best:
             text = f"\\textbf{{{text}}}" if latex else f"**{text}**"
         return text

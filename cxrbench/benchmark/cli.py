@@ -109,7 +109,9 @@ def command_run(args) -> int:
     from cxrbench.benchmark.profiles import apply_overrides, available_profiles, load_profile
     from cxrbench.benchmark.protocol_registry import BUILT_IN, PROTOCOLS, protocol_config
     from cxrbench.benchmark.comparisons import write_paired_tests
+    from cxrbench.benchmark.pretrain import TrainingOptions
     from cxrbench.benchmark.runner import Runner, method_hyperparameters, plan_cells
+    from cxrbench.distributed import init_from_environment, sum_across_processes
     from cxrbench.datasets import DATASETS, available_datasets
     from cxrbench.methods import METHOD_GROUPS, available_methods, expand_methods, get_method
 
@@ -152,6 +154,15 @@ def command_run(args) -> int:
     if args.pretrain_dataset:
         _check_choices("pretraining dataset", [args.pretrain_dataset], available_datasets())
         profile["pretrain"]["dataset"] = args.pretrain_dataset
+    for flag, key, value in (("--precision", "precision", args.precision), ("--channels-last", "channels_last", args.channels_last or None),
+                             ("--sync-batchnorm", "sync_batchnorm", args.sync_batchnorm or None), ("--augment-on", "augment_on", args.augment_on)):
+        if value is not None:
+            profile["pretrain"][key] = value
+    try:
+        TrainingOptions.from_settings(profile["pretrain"])
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    dispatch_options = _dispatch_options(args)
     if args.data_root:
         if not Path(args.data_root).is_dir():
             raise CliError(f"--data-root {args.data_root}: no such directory (expected the parent of bench prepare's --out)")
@@ -175,22 +186,78 @@ def command_run(args) -> int:
         raise CliError(f"--out {out_dir} holds records made with another configuration ({conflict}); "
                        f"use a new --out, or the same profile and --set values")
     device = _device(args.device)
+    world, device = init_from_environment(device)
+    if world.distributed and args.executor != "inline":
+        raise CliError(f"--executor {args.executor} under torchrun: torchrun already runs one distributed job; "
+                       f"use --executor inline (the default) there")
 
     cells = [cell for protocol, datasets in datasets_by_protocol.items()
              for cell in plan_cells(methods, datasets, [protocol], fractions, seeds)]
     plan = "; ".join(f"{protocol} on {', '.join(datasets) or 'no dataset'}" for protocol, datasets in datasets_by_protocol.items())
-    print(f"bench run: {len(methods)} method(s) x ({plan}) x {len(fractions)} fraction(s) x {len(seeds)} seed(s) "
-          f"= {len(cells)} cells; profile {args.profile}; records in {out_dir}", flush=True)
+    say = print if world.is_main else (lambda *_, **__: None)
+    say(f"bench run: {len(methods)} method(s) x ({plan}) x {len(fractions)} fraction(s) x {len(seeds)} seed(s) "
+        f"= {len(cells)} cells; profile {args.profile}; records in {out_dir}"
+        + (f"; {world.size} processes" if world.distributed else "")
+        + (f"; {args.executor} executor, {dispatch_options['jobs']} job(s) at once" if args.executor != "inline" else ""), flush=True)
     started = time.perf_counter()
     runner = Runner(profile, out_dir, device)
-    written = runner.run(cells)
+    failures = []
+    if args.executor == "inline":
+        written = sum_across_processes(len(runner.run(cells)))
+        missing = runner.missing
+    else:
+        from cxrbench.benchmark.dispatch import dispatch, make_executor
+
+        executor = make_executor(args.executor, out_dir / "jobs", dispatch_options["jobs"], dispatch_options["slurm"])
+        outcome = dispatch(runner, cells, executor, jobs=dispatch_options["jobs"], device=str(device),
+                           threads=dispatch_options["threads"], gpu_count=dispatch_options["gpu_count"])
+        written, missing, failures = outcome.written, outcome.missing, outcome.failures
+    if not world.is_main:
+        return 0
     tests = write_paired_tests(out_dir, resamples=int(evaluation.get("bootstrap_resamples", 1000)))
-    for method, reason in runner.missing.items():
+    for method, reason in missing.items():
         print(f"bench run: missing: {method}: {reason}")
     print(f"bench run: paired bootstrap tests against the baseline row in {tests}")
-    print(f"bench run: {len(written)} new record(s) in {time.perf_counter() - started:.0f}s; "
+    print(f"bench run: {written} new record(s) in {time.perf_counter() - started:.0f}s; "
           f"render tables with: bench report --results {out_dir} --out reports/{out_dir.name}")
+    if failures:
+        for line in failures:
+            print(f"bench run: failed: {line}", file=sys.stderr)
+        print(f"bench run: {len(failures)} job(s) failed; the same command re-runs only what has no record", file=sys.stderr)
+        return 1
     return 0
+
+
+def _dispatch_options(args) -> dict:
+    """The executor's settings, checked before anything is written."""
+    from cxrbench.benchmark.dispatch import SlurmOptions, default_threads, parse_slurm_time
+
+    slurm_flags = {flag: getattr(args, flag.removeprefix("--").replace("-", "_"))
+                   for flag in ("--slurm-partition", "--slurm-mem-gb", "--slurm-account", "--slurm-qos", "--slurm-constraint")}
+    if args.executor != "slurm":
+        given = [flag for flag, value in slurm_flags.items() if value is not None]
+        if given:
+            raise CliError(f"{given[0]} applies to --executor slurm only (this run uses --executor {args.executor})")
+    if args.executor == "inline" and args.jobs is not None:
+        raise CliError("--jobs applies to --executor local or slurm; inline runs one cell after another")
+    jobs = args.jobs if args.jobs is not None else (64 if args.executor == "slurm" else 1)
+    if jobs < 1:
+        raise CliError(f"--jobs {jobs}: expected at least 1")
+    for flag in ("slurm_gpus", "slurm_cpus"):
+        if getattr(args, flag) < (0 if flag == "slurm_gpus" else 1):
+            raise CliError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive count")
+    try:
+        minutes = parse_slurm_time(args.slurm_time)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    slurm = SlurmOptions(partition=args.slurm_partition, gpus=args.slurm_gpus, cpus=args.slurm_cpus, mem_gb=args.slurm_mem_gb,
+                         time_minutes=minutes, account=args.slurm_account, constraint=args.slurm_constraint, qos=args.slurm_qos)
+    import torch
+
+    # slurm jobs get a node's CPUs of their own; local jobs share this machine's cores
+    threads = 0 if args.executor == "slurm" else default_threads(jobs)
+    gpu_count = torch.cuda.device_count() if args.executor == "local" else 0
+    return {"jobs": jobs, "slurm": slurm, "threads": threads, "gpu_count": gpu_count}
 
 
 def command_report(args) -> int:
@@ -314,6 +381,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a profile value, e.g. --set pretrain.epochs=30 or --set methods.vicreg.base_lr=0.3 "
                           "(repeatable; stored in every record's resolved config)")
+    gpu = run.add_argument_group("GPU options of pretraining (stored in the profile's pretrain section)")
+    gpu.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast dtype; default: the profile's (fp32)")
+    gpu.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster convolutions on tensor cores)")
+    gpu.add_argument("--sync-batchnorm", action="store_true",
+                     help="under torchrun: BatchNorm statistics over the global batch instead of each process's share")
+    gpu.add_argument("--augment-on", choices=["device", "cpu"],
+                     help="where views are made: on the training device from the uint8 batch, or on the CPU; default: device")
+    grid = run.add_argument_group(
+        "grid dispatch", "Every pretraining and every cell as a job of its own (submitit); a method's cells start once its "
+                         "encoder is stored. Under torchrun use the default, inline.")
+    grid.add_argument("--executor", choices=["inline", "local", "slurm"], default="inline",
+                      help="inline: this process, one cell after another; local: parallel processes on this machine; "
+                           "slurm: SLURM jobs through submitit; default: inline")
+    grid.add_argument("--jobs", type=int, help="jobs at once; default: 1 for local, 64 for slurm")
+    grid.add_argument("--slurm-partition", help="SLURM partition; default: the cluster's")
+    grid.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job; default: 1")
+    grid.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per job; default: 8")
+    grid.add_argument("--slurm-mem-gb", type=int, help="memory per job in GB; default: the partition's")
+    grid.add_argument("--slurm-time", default="24:00:00", help="time limit per job: minutes, H:MM:SS or D-HH:MM:SS; "
+                                                               "default: 24:00:00 (also the local executor's limit)")
+    grid.add_argument("--slurm-account", help="SLURM account to charge")
+    grid.add_argument("--slurm-qos", help="SLURM quality of service")
+    grid.add_argument("--slurm-constraint", help="SLURM node constraint, e.g. a100")
     run.set_defaults(handler=command_run)
 
     report = commands.add_parser(

@@ -15,6 +15,7 @@ uninterrupted run on CPU.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import signal
@@ -28,6 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrbench.benchmark.records import atomic_torch_save
+from cxrbench.distributed import World, average_across_processes, barrier, convert_sync_batchnorm
+from cxrbench.distributed import world as current_world
 from cxrbench.datasets.prepared import PreparedDataset
 from cxrbench.methods.base import Method
 
@@ -62,7 +65,7 @@ def latest_checkpoint(checkpoint_dir: Path | None) -> dict | None:
         try:
             # our own file, holding optimiser state and RNG states, so not weights-only
             state = torch.load(path, map_location="cpu", weights_only=False)
-            if not isinstance(state, dict) or state.get("format") != "cxrbench-pretrain-checkpoint-1":
+            if not isinstance(state, dict) or state.get("format") != "cxrbench-pretrain-checkpoint-2":
                 raise ValueError("not a cxrbench pretraining checkpoint")
             return state
         except Exception as error:  # truncated zip, wrong content: fall back to the previous one
@@ -84,6 +87,90 @@ def _fault_injection(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUGMENT_ON = ("device", "cpu")
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How the steps run, not what they compute (the profile's ``pretrain`` settings)."""
+
+    precision: str = "fp32"  # autocast dtype of the forward pass; fp16 adds a gradient scaler
+    channels_last: bool = False  # NHWC weights; convolutions then run NHWC (faster on tensor cores)
+    sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over the global batch
+    augment_on: str = "device"  # "device": uint8 batch copied, views made there; "cpu": views made on the CPU
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "TrainingOptions":
+        options = cls(**{field: settings[field] for field in ("precision", "channels_last", "sync_batchnorm", "augment_on") if field in settings})
+        if options.precision not in PRECISIONS:
+            raise ValueError(f"pretrain.precision {options.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if options.augment_on not in AUGMENT_ON:
+            raise ValueError(f"pretrain.augment_on {options.augment_on!r}: expected one of {', '.join(AUGMENT_ON)}")
+        for flag in ("channels_last", "sync_batchnorm"):
+            if not isinstance(getattr(options, flag), bool):
+                raise ValueError(f"pretrain.{flag} {getattr(options, flag)!r}: expected true or false")
+        return options
+
+
+class StepRunner:
+    """One optimisation step of a method, in one process or as one rank of DistributedDataParallel.
+
+    Built before the optimiser: SyncBatchNorm replaces modules (and so parameters). The method
+    is called through DDP's ``forward`` (``Method.forward`` is its ``training_step``) so that
+    DDP's reducer averages the gradients across processes during ``backward``. Buffers are
+    not broadcast from rank 0 at every step: lightly's queues are identical on every rank
+    already (keys are gathered before they are enqueued), and without SyncBatchNorm each
+    rank keeps BatchNorm running statistics of its own batches; rank 0's are exported, as
+    in the official DDP code.
+    """
+
+    def __init__(self, method: Method, device: torch.device, options: TrainingOptions = TrainingOptions(), world: World | None = None):
+        self.method, self.device, self.options = method, device, options
+        self.world = world or current_world()
+        method.to(device)
+        if options.sync_batchnorm and self.world.distributed:
+            convert_sync_batchnorm(method, device)
+        if options.channels_last:
+            # weights in NHWC make cuDNN run the convolutions NHWC whatever the input's layout
+            method.to(memory_format=torch.channels_last)
+        self.model: torch.nn.Module = method
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # torch 2.14 renamed the switch (and warns about the old name); older releases know only the old one
+            no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                              else {"broadcast_buffers": False})
+            self.model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
+                                                 find_unused_parameters=method.leaves_parameters_unused, **no_buffer_sync)
+        self.autocast_dtype = PRECISIONS[options.precision]
+        self.scaler = torch.amp.GradScaler(device.type) if options.precision == "fp16" else None
+
+    def __call__(self, views: list[torch.Tensor], optimizer: torch.optim.Optimizer, step: int) -> tuple[torch.Tensor, dict]:
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            loss, logs = self.model(views)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.method.name}: non-finite loss {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        return loss, average_across_processes(logs)
+
+
+def _gather_objects(value) -> list:
+    """``value`` of every rank, in rank order (a list of one in a single process)."""
+    if not current_world().distributed:
+        return [value]
+    values = [None] * current_world().size
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
 def pretrain(
     method: Method,
     dataset: PreparedDataset,
@@ -95,10 +182,20 @@ def pretrain(
     device: torch.device,
     description: str = "pretrain",
     checkpoint_dir: Path | None = None,
+    options: TrainingOptions = TrainingOptions(),
 ) -> PretrainResult:
-    """Pretrain ``method`` on the training split of ``dataset`` (labels are never read)."""
+    """Pretrain ``method`` on the training split of ``dataset`` (labels are never read).
+
+    ``batch_size`` is the global batch. Under torchrun every rank draws the same data order
+    (one generator, same seed) and takes its contiguous share of each global batch, so N
+    processes see exactly the batches one process would; each rank draws its own views.
+    """
     started = time.perf_counter()
+    world = current_world()
     torch.manual_seed(seed)
+    if batch_size % world.size:
+        raise ValueError(f"pretrain.batch_size {batch_size} is not divisible by the {world.size} processes")
+    local_batch = batch_size // world.size
     images = torch.from_numpy(np.ascontiguousarray(dataset.images[dataset.split_positions("train")]))
     if len(images) < batch_size:
         raise ValueError(f"{dataset.name}: {len(images)} training images, fewer than the batch size {batch_size}")
@@ -111,45 +208,57 @@ def pretrain(
     warmup_steps = int(round(getattr(hp, "warmup_epochs", 0) * steps_per_epoch))
     final_fraction = getattr(hp, "final_lr_fraction", 0.0)
 
-    method.to(device).train()
+    method.train()
+    step_runner = StepRunner(method, device, options, world)
     optimizer = method.build_optimizer(batch_size)
     peak_lrs = [group["lr"] for group in optimizer.param_groups]
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    order_generator = torch.Generator(device="cpu").manual_seed(seed)
+    # one process draws its views from the order's generator (as every earlier version did,
+    # so single-process records reproduce); each rank of several draws from its own
+    view_generator = order_generator if not world.distributed else torch.Generator(device="cpu").manual_seed(seed + 1_000_003 * (world.rank + 1))
+    if world.distributed and device.type == "cuda":
+        torch.cuda.manual_seed(seed + 1_000_003 * (world.rank + 1))  # views drawn on the GPU differ per rank
+    views_on = device if options.augment_on == "device" else torch.device("cpu")
     history: list[dict] = []
     epoch_logs: dict[str, list[float]] = {}
-    order = torch.randperm(len(images), generator=generator)
+    order = torch.randperm(len(images), generator=order_generator)
     position, first_step, seconds_before = 0, 0, 0.0
     resumed = latest_checkpoint(checkpoint_dir)
     if resumed is not None:
-        if resumed["total_steps"] != total_steps or resumed["batch_size"] != batch_size:
+        if resumed["total_steps"] != total_steps or resumed["batch_size"] != batch_size or resumed.get("world_size", 1) != world.size:
             raise ValueError(f"{checkpoint_dir}: checkpoint of another schedule ({resumed['total_steps']} steps of "
-                             f"{resumed['batch_size']}), expected {total_steps} steps of {batch_size}")
+                             f"{resumed['batch_size']} on {resumed.get('world_size', 1)} process(es)), expected "
+                             f"{total_steps} steps of {batch_size} on {world.size}")
         method.load_checkpoint_state(resumed["method"])
         optimizer.load_state_dict(resumed["optimizer"])
-        generator.set_state(resumed["generator"])
-        torch.set_rng_state(resumed["torch_rng"])
-        if resumed.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(resumed["cuda_rng"])
+        if step_runner.scaler is not None and resumed.get("scaler"):
+            step_runner.scaler.load_state_dict(resumed["scaler"])
+        rank_state = resumed["ranks"][world.rank]
+        order_generator.set_state(resumed["order_generator"])
+        view_generator.set_state(rank_state["view_generator"])
+        torch.set_rng_state(rank_state["torch_rng"])
+        if rank_state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(rank_state["cuda_rng"], device)
         order, position, history = resumed["order"], resumed["position"], resumed["history"]
         first_step, seconds_before = resumed["step"], resumed["seconds"]
-    bar = tqdm(total=total_steps, initial=first_step, desc=description, unit="step", leave=False, disable=None)
+    bar = tqdm(total=total_steps, initial=first_step, desc=description, unit="step", leave=False,
+               disable=None if world.is_main else True)
     for step in range(first_step, total_steps):
         _fault_injection(step)
         if position + batch_size > len(images):
-            order, position = torch.randperm(len(images), generator=generator), 0
-        batch = images[order[position : position + batch_size]].to(device, non_blocking=True)
+            order, position = torch.randperm(len(images), generator=order_generator), 0
+        mine = order[position + world.rank * local_batch : position + (world.rank + 1) * local_batch]
+        batch = images[mine]
+        if views_on.type == "cuda":
+            batch = batch.pin_memory().to(views_on, non_blocking=True)  # the copy overlaps the previous step's kernels
         position += batch_size
         factor = learning_rate_factor(step, total_steps, warmup_steps, final_fraction)
         for group, peak in zip(optimizer.param_groups, peak_lrs):
             # a group marked fixed_lr keeps its rate (SimSiam's predictor, official `--fix-pred-lr`)
             group["lr"] = peak if group.get("fixed_lr") else peak * factor
-        views = method.make_views(batch, generator=generator if device.type == "cpu" else None)
-        loss, logs = method.training_step(views)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{method.name}: non-finite loss {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        views = method.make_views(batch, generator=view_generator if views_on.type == "cpu" else None)
+        views = [view.to(device, non_blocking=True) for view in views]
+        loss, logs = step_runner(views, optimizer, step)
         method.after_optimizer_step((step + 1) / total_steps)
         for key, value in logs.items():
             epoch_logs.setdefault(key, []).append(float(value))
@@ -160,15 +269,22 @@ def pretrain(
                            | {key: float(np.mean(values)) for key, values in epoch_logs.items()})
             epoch_logs = {}
             if checkpoint_dir is not None and step + 1 < total_steps:
-                _save_checkpoint(checkpoint_dir, len(history), {
-                    "format": "cxrbench-pretrain-checkpoint-1",
-                    "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                    "order": order, "position": position, "history": history, "step": step + 1,
-                    "total_steps": total_steps, "batch_size": batch_size,
-                    "seconds": seconds_before + time.perf_counter() - started,
+                # every rank's random state, so each continues its own stream of views
+                ranks = _gather_objects({
+                    "view_generator": view_generator.get_state(), "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 })
+                if world.is_main:
+                    _save_checkpoint(checkpoint_dir, len(history), {
+                        "format": "cxrbench-pretrain-checkpoint-2",
+                        "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
+                        "scaler": step_runner.scaler.state_dict() if step_runner.scaler is not None else None,
+                        "order_generator": order_generator.get_state(), "ranks": ranks,
+                        "order": order, "position": position, "history": history, "step": step + 1,
+                        "total_steps": total_steps, "batch_size": batch_size, "world_size": world.size,
+                        "seconds": seconds_before + time.perf_counter() - started,
+                    })
+                barrier()  # no rank runs ahead of a checkpoint that is not written yet
     bar.close()
     method.eval()
     return PretrainResult(

@@ -27,11 +27,12 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrbench.benchmark.diagnostics import encoder_diagnostics, relative_change
-from cxrbench.benchmark.pretrain import pretrain
+from cxrbench.benchmark.pretrain import TrainingOptions, pretrain
 from cxrbench.benchmark.protocol_registry import PROTOCOLS, protocol_config
 from cxrbench.benchmark.statistics import bootstrap_interval, statistic_from_predictions
 from cxrbench.benchmark.records import atomic_torch_save, atomic_write_bytes, atomic_write_json, environment, now, read_json
 from cxrbench.datasets import DATASETS, PreparedDataset
+from cxrbench.distributed import barrier, world
 from cxrbench.methods import get_method
 from cxrbench.methods.base import Method
 
@@ -122,6 +123,10 @@ class Runner:
     def build_method(self, name: str) -> Method:
         return get_method(name)(self.hyperparameters(name))
 
+    def encoder_is_stored(self, method_name: str) -> bool:
+        directory = self.pretrain_dir(method_name, self.profile["pretrain"]["dataset"])
+        return (directory / "record.json").is_file() and (directory / "encoder.pth").is_file()
+
     def pretrained_encoder(self, method_name: str) -> tuple[dict, dict]:
         """Pretrain once (or reuse the stored encoder); returns (state dict, pretrain record)."""
         settings = self.profile["pretrain"]
@@ -138,7 +143,16 @@ class Runner:
             batch_size=int(settings["batch_size"]), epochs=float(settings["epochs"]),
             max_steps=settings.get("max_steps"), seed=seed, device=self.device,
             description=f"pretrain {method_name}", checkpoint_dir=directory / "checkpoints",
+            options=TrainingOptions.from_settings(settings),
         )
+        if world().is_main:
+            self._store_pretraining(method_name, method, dataset, seed, result, directory)
+        barrier()  # under torchrun the other ranks read what rank 0 wrote
+        return torch.load(encoder_path, map_location="cpu", weights_only=True), read_json(record_path)
+
+    def _store_pretraining(self, method_name: str, method: Method, dataset: PreparedDataset, seed: int, result, directory: Path) -> None:
+        settings = self.profile["pretrain"]
+        record_path, encoder_path = directory / "record.json", directory / "encoder.pth"
         diagnostics = encoder_diagnostics(result.encoder_state_dict, dataset, self.device)
         torch.manual_seed(seed)
         initial_state = self.build_method(method_name).export_encoder()
@@ -151,6 +165,7 @@ class Runner:
             "seed": seed,
             "hyperparameters": dataclasses.asdict(method.hparams),
             "pretrain_settings": settings,
+            "processes": world().size,
             "steps": result.steps,
             "epochs": result.epochs,
             "seconds": result.seconds,
@@ -171,12 +186,17 @@ class Runner:
             f"(init {diagnostics_at_init['feature_std']:.4f}), effective rank {diagnostics['effective_rank']:.1f} "
             f"(init {diagnostics_at_init['effective_rank']:.1f})"
         )
-        return result.encoder_state_dict, record
 
     def run(self, cells: list[Cell]) -> list[dict]:
-        """Evaluate every cell without a record; returns the records written this run."""
-        self.claim_out_dir()
+        """Evaluate every cell without a record; returns the records written this run.
+
+        Under torchrun all ranks pretrain each method together, then share out its cells
+        (rank r takes every N-th); each returns the records it wrote.
+        """
+        if world().is_main:
+            self.claim_out_dir()
         pending = [cell for cell in cells if not self.cell_path(cell).is_file()]
+        barrier()  # every rank has the same list before any writes a record
         skipped = len(cells) - len(pending)
         if skipped:
             self.echo(f"{skipped} of {len(cells)} cells already have a record in {self.out_dir}: skipped")
@@ -184,7 +204,7 @@ class Runner:
         by_method: dict[str, list[Cell]] = {}
         for cell in pending:
             by_method.setdefault(cell.method, []).append(cell)
-        progress = tqdm(total=len(pending), desc="cells", unit="cell", disable=None)
+        progress = tqdm(total=len(pending), desc="cells", unit="cell", disable=None if world().is_main else True)
         for method_name, method_cells in by_method.items():
             method_cls = get_method(method_name)
             reason = method_cls.unavailable_reason(self.hyperparameters(method_name))
@@ -199,10 +219,11 @@ class Runner:
             else:
                 pretrained_state, pretrain_record = None, None
             shared_cache: dict = {}
-            for cell in method_cells:
+            for cell in method_cells[world().rank :: world().size]:
                 written.append(self._run_cell(cell, method_cls, pretrained_state, pretrain_record, shared_cache))
-                progress.update(1)
+                progress.update(world().size)
         progress.close()
+        barrier()  # the run is over when every rank's cells are
         return written
 
     def _run_cell(self, cell: Cell, method_cls, pretrained_state, pretrain_record, shared_cache) -> dict:

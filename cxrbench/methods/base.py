@@ -55,6 +55,9 @@ class Method(nn.Module):
     checkpoint_attributes: ClassVar[tuple[str, ...]] = ()
     # a plugin's defaults per profile name, applied under the profile's own ``methods:`` entry
     profile_overrides: ClassVar[dict[str, dict]] = {}
+    # True where a step's loss leaves some trainable parameters out (PCRLv2 draws one decoder
+    # scale per step): DistributedDataParallel must then look for them after every forward
+    leaves_parameters_unused: ClassVar[bool] = False
 
     def __init__(self, hyperparameters: Any | None = None):
         super().__init__()
@@ -108,6 +111,10 @@ class Method(nn.Module):
 
     def make_views(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        # DistributedDataParallel synchronises gradients of what runs through ``forward``
+        return self.training_step(views)
 
     def training_step(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

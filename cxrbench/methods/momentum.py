@@ -7,8 +7,10 @@ import math
 from typing import Callable
 
 import torch
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.models.utils import batch_shuffle_distributed, batch_unshuffle_distributed, deactivate_requires_grad, update_momentum
 from torch import nn
+
+from cxrbench.distributed import world
 
 __all__ = ["momentum_copy", "update_momentum", "cosine_momentum", "shuffle_bn_forward"]
 
@@ -27,15 +29,24 @@ def cosine_momentum(base: float, progress: float) -> float:
 
 @torch.no_grad()
 def shuffle_bn_forward(forward: Callable, images: torch.Tensor, splits: int):
-    """Single-process stand-in for MoCo's shuffle-BN.
+    """MoCo's shuffle-BN: the key encoder's BatchNorm never sees the query encoder's batch.
 
-    The official code shuffles the key batch across GPUs so that each GPU's BatchNorm sees a
-    different subset of images than the query encoder did (no information leaks through
-    batch statistics). Here the batch is permuted, split into ``splits`` chunks that each go
-    through the key encoder on their own (own BN statistics, as one GPU would), and the
-    outputs are put back in the original order. ``splits = 1`` disables it.
+    Under torchrun (several processes) this is the official scheme: the global key batch is
+    shuffled across processes (lightly's ``batch_shuffle_distributed``), each process encodes
+    its share with its own BatchNorm statistics, and the outputs are gathered back into the
+    original order. ``splits`` is then unused: each process is one of the official GPUs.
+
+    In one process the batch is permuted, split into ``splits`` chunks that each go through
+    the key encoder on their own (own BN statistics, as one GPU would), and the outputs are
+    put back in the original order. ``splits = 1`` disables it.
     ``forward`` may return one tensor or a tuple of tensors with the batch first.
     """
+    if world().distributed:
+        shuffled, restore = batch_shuffle_distributed(images)
+        output = forward(shuffled)
+        if isinstance(output, torch.Tensor):
+            return batch_unshuffle_distributed(output, restore)
+        return tuple(batch_unshuffle_distributed(part, restore) for part in output)
     if splits <= 1:
         return forward(images)
     order = torch.randperm(images.shape[0], device=images.device)

@@ -79,6 +79,7 @@ from lightly.models.modules.heads import VICRegProjectionHead
 from lightly.utils.lars import LARS
 from torch import nn
 
+from cxrbench.distributed import gather_with_gradients
 from cxrbench.methods.augment import ViewRecipe, augment
 from cxrbench.methods.backbone import FEATURE_DIM, dense_features, to_model_input
 from cxrbench.methods.base import Method, split_weight_decay
@@ -200,7 +201,8 @@ class OPTiML(Method):
         mu, nu = self.marginals(g_s, g_t)
         transport = entropic_transport(cost.float(), mu.float(), nu.float(), hp.epsilon, hp.sinkhorn_max_iter, hp.sinkhorn_tol)
         ot_loss = transport.cost.mean()
-        q_s, q_t = self.expander(g_s), self.expander(g_t)
+        # variance and covariance are statistics of the global batch: gathered under torchrun
+        q_s, q_t = (gather_with_gradients(self.expander(g)) for g in (g_s, g_t))
         var = variance_loss(q_s) + variance_loss(q_t)
         cov = covariance_loss(q_s) + covariance_loss(q_t)
         loss = hp.alpha * ot_loss + hp.beta * var + hp.eta * cov

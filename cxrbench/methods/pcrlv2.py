@@ -157,6 +157,7 @@ def cutout(images: torch.Tensor, holes: int, length: int, generator=None) -> tor
 @register_method("pcrlv2")
 class PCRLv2(Method):
     display_name = "PCRLv2"
+    leaves_parameters_unused = True  # one decoder scale drawn per step
     description = "Preservational contrastive learning v2: multi-scale restoration + SimSiam-style global/local (Zhou et al. 2023)"
     Hyperparameters = PCRLv2Hyperparameters
     checkpoint_attributes = ("beta", "scale_rng")

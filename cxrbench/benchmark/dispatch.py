@@ -1,0 +1,173 @@
+"""Grid dispatch: every pretraining and every evaluation cell as a job of its own (submitit).
+
+``bench run --executor local --jobs N`` runs up to N jobs at a time as processes of this
+machine (submitit's ``LocalExecutor``); ``--executor slurm`` submits them to SLURM
+(submitit's ``AutoExecutor``), up to ``--jobs`` queued or running at once. A method's cells
+are submitted only once its pretraining job has stored the encoder, so no cell ever
+pretrains; the jobs of one run never write the same file, because each cell has its own
+record and each method its own pretraining directory, all written atomically.
+
+This process stays up while the jobs run: it submits, polls and reports. Interrupted, it
+can be started again with the same command: finished cells have records and are skipped,
+and a pretraining that was cut off resumes from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from cxrbench.benchmark.runner import Cell, Runner
+from cxrbench.methods import get_method
+
+EXECUTORS = ("inline", "local", "slurm")
+
+
+def _job_device(device: str, threads: int):
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.device(device)
+
+
+def pretraining_job(profile: dict, out_dir: str, device: str, threads: int, method: str) -> str:
+    """One job: pretrain ``method`` and store its encoder (nothing if it is stored already)."""
+    runner = Runner(profile, Path(out_dir), _job_device(device, threads), echo=print)
+    runner.pretrained_encoder(method)
+    return method
+
+
+def cell_job(profile: dict, out_dir: str, device: str, threads: int, cell: Cell) -> int:
+    """One job: evaluate one cell with the stored encoder; returns the records written (0 or 1)."""
+    runner = Runner(profile, Path(out_dir), _job_device(device, threads), echo=print)
+    return len(runner.run([cell]))
+
+
+def parse_slurm_time(text: str) -> int:
+    """Minutes from ``90`` (minutes), ``1:30:00`` (H:MM:SS) or ``2-00:00:00`` (D-HH:MM:SS)."""
+    text = text.strip()
+    if text.isdigit():
+        minutes = int(text)
+    else:
+        match = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{2}):(\d{2})", text)
+        if not match:
+            raise ValueError(f"--slurm-time {text!r}: expected minutes (90), H:MM:SS (1:30:00) or D-HH:MM:SS (2-00:00:00)")
+        days, hours, mins, seconds = (int(group or 0) for group in match.groups())
+        minutes = days * 24 * 60 + hours * 60 + mins + (1 if seconds else 0)
+    if minutes <= 0:
+        raise ValueError(f"--slurm-time {text!r}: expected a limit longer than 0 minutes")
+    return minutes
+
+
+@dataclass
+class SlurmOptions:
+    partition: str | None = None
+    gpus: int = 1
+    cpus: int = 8
+    mem_gb: int | None = None
+    time_minutes: int = 24 * 60
+    account: str | None = None
+    constraint: str | None = None
+    qos: str | None = None
+
+
+def make_executor(kind: str, folder: Path, jobs: int, slurm: SlurmOptions):
+    """A submitit executor whose logs and pickles go to ``folder``."""
+    import submitit
+
+    if kind == "local":
+        executor = submitit.LocalExecutor(folder=str(folder))
+        executor.update_parameters(timeout_min=slurm.time_minutes)
+        return executor
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    extra = {key: value for key, value in {"account": slurm.account, "qos": slurm.qos}.items() if value}
+    executor.update_parameters(
+        name="cxrbench", timeout_min=slurm.time_minutes, gpus_per_node=slurm.gpus, tasks_per_node=1,
+        cpus_per_task=slurm.cpus, slurm_partition=slurm.partition, slurm_mem=f"{slurm.mem_gb}G" if slurm.mem_gb else None,
+        slurm_constraint=slurm.constraint, slurm_additional_parameters=extra,
+    )
+    return executor
+
+
+@dataclass
+class DispatchResult:
+    written: int = 0
+    failures: list[str] = field(default_factory=list)  # one line per failed job
+    missing: dict[str, str] = field(default_factory=dict)  # method -> why its cells were not run
+
+
+def dispatch(runner: Runner, cells: list[Cell], executor, *, jobs: int, device: str, threads: int,
+             gpu_count: int = 0, poll_seconds: float = 1.0, echo: Callable[[str], None] = tqdm.write) -> DispatchResult:
+    """Run ``cells`` as jobs on ``executor``, at most ``jobs`` at a time; pretraining first."""
+    result = DispatchResult()
+    runner.claim_out_dir()
+    pending = [cell for cell in cells if not runner.cell_path(cell).is_file()]
+    if len(pending) < len(cells):
+        echo(f"{len(cells) - len(pending)} of {len(cells)} cells already have a record in {runner.out_dir}: skipped")
+    waiting: dict[str, list[Cell]] = {}  # method -> cells held back until its encoder is stored
+    ready: deque = deque()
+    for cell in pending:
+        waiting.setdefault(cell.method, []).append(cell)
+    for method in list(waiting):
+        method_cls = get_method(method)
+        reason = method_cls.unavailable_reason(runner.hyperparameters(method))
+        if reason:
+            result.missing[method] = reason
+            echo(f"{method}: {len(waiting.pop(method))} cell(s) not run: {reason}")
+        elif not method_cls.pretrains or runner.encoder_is_stored(method):
+            ready.extend(("cell", cell) for cell in waiting.pop(method))
+        else:
+            ready.appendleft(("pretrain", method))  # pretraining jobs go first: the most work waits on them
+    total = len(ready) + sum(len(held) for held in waiting.values())
+    progress = tqdm(total=total, desc="jobs", unit="job", disable=None)
+    running: dict = {}  # submitit job -> (kind, payload, slot)
+    free_slots = list(range(jobs))
+    while ready or running:
+        while ready and free_slots:
+            kind, payload = ready.popleft()
+            slot = free_slots.pop(0)
+            # local jobs on a machine with several GPUs: one GPU per concurrent job
+            job_device = f"cuda:{slot % gpu_count}" if gpu_count and device.startswith("cuda") else device
+            if kind == "pretrain":
+                job = executor.submit(pretraining_job, runner.profile, str(runner.out_dir), job_device, threads, payload)
+            else:
+                job = executor.submit(cell_job, runner.profile, str(runner.out_dir), job_device, threads, payload)
+            running[job] = (kind, payload, slot)
+        time.sleep(poll_seconds)
+        for job in [job for job in running if job.done()]:
+            kind, payload, slot = running.pop(job)
+            free_slots.append(slot)
+            free_slots.sort()
+            progress.update(1)
+            name = payload if kind == "pretrain" else payload.record_name
+            try:
+                outcome = job.result()
+            except Exception as error:  # the job's traceback is in its log; one line here
+                first_line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+                result.failures.append(f"{kind} {name}: {first_line} (log: {job.paths.stderr})")
+                echo(f"failed: {kind} {name}: {first_line}")
+                if kind == "pretrain":
+                    dropped = waiting.pop(payload, [])
+                    result.failures.extend(f"cell {cell.record_name}: not run, its pretraining failed" for cell in dropped)
+                    progress.update(len(dropped))
+                continue
+            if kind == "pretrain":
+                echo(f"pretrained {payload} (job {job.job_id})")
+                ready.extend(("cell", cell) for cell in waiting.pop(payload, []))
+            else:
+                result.written += int(outcome)
+    progress.close()
+    return result
+
+
+def default_threads(jobs: int) -> int:
+    """CPU threads per local job: the machine's cores shared out (at least one)."""
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))

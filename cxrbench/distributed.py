@@ -1,0 +1,163 @@
+"""Several processes, one pretraining: torchrun + DistributedDataParallel.
+
+``bench run`` started under ``torchrun --nproc_per_node N`` (one or several nodes) finds the
+process group in the environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``...). Every process then pretrains the same method on its share of each global
+batch, the losses that need the whole batch gather it across processes (with gradients),
+and only rank 0 writes checkpoints, encoders and records. Evaluation cells, which are
+independent of each other, are shared out between the ranks.
+
+Backend: NCCL on GPUs, gloo on CPUs (the tests run 2 gloo processes on one CPU machine).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world() -> World:
+    """This process's place in the process group (rank 0 of 1 when there is none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_from_environment(device: torch.device) -> tuple[World, torch.device]:
+    """Join the process group torchrun describes, if any; returns the world and this rank's device.
+
+    Outside torchrun (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) nothing is initialised.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return world(), device
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    # a long timeout: rank 0 alone exports the encoder and computes its diagnostics while
+    # the others wait at a barrier
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
+    return world(), device
+
+
+def barrier() -> None:
+    if world().distributed:
+        dist.barrier()
+
+
+def _collective_device() -> torch.device:
+    # NCCL only reduces CUDA tensors; gloo takes CPU ones
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def average_across_processes(values: dict[str, float]) -> dict[str, float]:
+    """The mean of each logged scalar over the processes (one all-reduce for all of them)."""
+    if not world().distributed or not values:
+        return values
+    keys = sorted(values)
+    stacked = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(stacked)
+    return {key: value / world().size for key, value in zip(keys, stacked.tolist())}
+
+
+def sum_across_processes(count: int) -> int:
+    if not world().distributed:
+        return count
+    total = torch.tensor([count], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+def gather_with_gradients(tensor: torch.Tensor) -> torch.Tensor:
+    """The global batch: every process's rows in rank order; gradients flow back to their owners.
+
+    lightly's ``GatherLayer`` all-reduces the incoming gradients in backward, so a loss
+    computed on the gathered batch by every process, averaged by DDP, has the gradient of
+    the same loss computed in one process.
+    """
+    if not world().distributed:
+        return tensor
+    from lightly.utils.dist import gather
+
+    return torch.cat(gather(tensor), dim=0)
+
+
+class ProcessGroupBatchNorm(_BatchNorm):
+    """BatchNorm whose training statistics cover the global batch, on any backend.
+
+    ``torch.nn.SyncBatchNorm`` refuses CPU tensors (it is written for NCCL), so on CPU/gloo
+    this small replacement is used instead: per-channel sums and sums of squares are summed
+    over the processes through ``gather_with_gradients`` (so gradients reach every process's
+    share of the batch), and the batch is normalised with the global mean and (biased) variance, as BatchNorm does
+    on the whole batch in one process. Running statistics take the unbiased variance, as
+    BatchNorm does. On GPUs ``convert_sync_batchnorm`` uses torch's own SyncBatchNorm.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and world().distributed):
+            return super().forward(input)
+        dims = [0] + list(range(2, input.dim()))
+        count = torch.tensor([input.numel() / input.shape[1]], dtype=input.dtype, device=input.device)
+        local = torch.cat([input.sum(dims), (input * input).sum(dims), count])
+        total = gather_with_gradients(local[None]).sum(dim=0)
+        channels = input.shape[1]
+        n = total[-1]
+        mean = total[:channels] / n
+        var = (total[channels : 2 * channels] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+                self.running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / (n - 1))
+        shape = [1, channels] + [1] * (input.dim() - 2)
+        output = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            output = output * self.weight.view(shape) + self.bias.view(shape)
+        return output
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm in ``module`` normalised over the global batch (names and weights kept)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _replace_batchnorm(module)
+
+
+def _replace_batchnorm(module: nn.Module) -> nn.Module:
+    if isinstance(module, _BatchNorm) and not isinstance(module, ProcessGroupBatchNorm):
+        replacement = ProcessGroupBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        replacement.load_state_dict(module.state_dict())
+        replacement.train(module.training)
+        if module.affine:
+            replacement.weight.requires_grad_(module.weight.requires_grad)
+            replacement.bias.requires_grad_(module.bias.requires_grad)
+        return replacement
+    for name, child in module.named_children():
+        setattr(module, name, _replace_batchnorm(child))
+    return module

@@ -12,6 +12,11 @@ MoCo and DenseCL filled across processes.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +96,42 @@ def test_two_processes_give_the_single_process_losses(name, views_per_method, tw
     single = _train_steps(name, views[name], rank=0, processes=1)
     distributed = two_process_losses[name]
     assert distributed == pytest.approx(single, rel=1e-4, abs=1e-5), f"{name}: 2 processes {distributed}, 1 process {single}"
+
+
+def _torchrun(out: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "CXRBENCH_KILL_AT_STEP"}
+    env["OMP_NUM_THREADS"] = "1"
+    if kill_at is not None:
+        env["CXRBENCH_KILL_AT_STEP"] = str(kill_at)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={PROCESSES}",
+               "-m", "cxrbench", "run", "--methods", "mocov2", "--protocol", "frozen", "--profile", "smoke",
+               "--datasets", "phantom-nih", "--fractions", "10,100", "--set", "pretrain.epochs=2",
+               "--set", "pretrain.max_steps=null", "--sync-batchnorm", "--out", str(out), *extra]
+    return subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+
+
+def test_torchrun_pretrains_once_writes_from_rank_0_and_resumes_after_sigkill(tmp_path, smoke_nih):
+    """`torchrun --nproc_per_node 2 -m cxrbench run`: one pretraining record (2 processes), the
+    cells shared between the ranks; killed mid-run, the same command resumes from rank 0's
+    checkpoint (with both ranks' random states) and ends with the uninterrupted encoder."""
+    steps_per_epoch = len(smoke_nih.split_positions("train")) // 16
+    reference = _torchrun(tmp_path / "reference")
+    assert reference.returncode == 0, reference.stdout[-3000:]
+    stage = tmp_path / "reference" / "pretrain" / "mocov2__phantom-nih"
+    record = json.loads((stage / "record.json").read_text())
+    assert record["processes"] == PROCESSES and record["steps"] == 2 * steps_per_epoch
+    assert reference.stdout.count("pretrained mocov2") == 1  # rank 0 alone stores and reports it
+    assert sorted(p.name for p in (tmp_path / "reference" / "cells").glob("*.json")) == [
+        "mocov2__phantom-nih__frozen__100pct__seed0.json", "mocov2__phantom-nih__frozen__10pct__seed0.json"]
+
+    killed = _torchrun(tmp_path / "resumed", kill_at=steps_per_epoch + 1)
+    assert killed.returncode != 0
+    checkpoints = list((tmp_path / "resumed" / "pretrain" / "mocov2__phantom-nih" / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["epoch-00001.pt"]
+    assert len(torch.load(checkpoints[0], weights_only=False)["ranks"]) == PROCESSES
+    resumed = _torchrun(tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    expected = torch.load(stage / "encoder.pth", weights_only=True)
+    actual = torch.load(tmp_path / "resumed" / "pretrain" / "mocov2__phantom-nih" / "encoder.pth", weights_only=True)
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, rtol=0, atol=1e-6, msg=key)

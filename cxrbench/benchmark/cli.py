@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -206,10 +207,10 @@ def command_run(args) -> int:
         written = sum_across_processes(len(runner.run(cells)))
         missing = runner.missing
     else:
-        from cxrbench.benchmark.dispatch import dispatch, make_executor
+        from cxrbench.benchmark.dispatch import Executors, dispatch
 
-        executor = make_executor(args.executor, out_dir / "jobs", dispatch_options["jobs"], dispatch_options["slurm"])
-        outcome = dispatch(runner, cells, executor, jobs=dispatch_options["jobs"], device=str(device),
+        executors = Executors(args.executor, out_dir / "jobs", dispatch_options["slurm"], args.pretrain_processes)
+        outcome = dispatch(runner, cells, executors, jobs=dispatch_options["jobs"], device=str(device),
                            threads=dispatch_options["threads"], gpu_count=dispatch_options["gpu_count"])
         written, missing, failures = outcome.written, outcome.missing, outcome.failures
     if not world.is_main:
@@ -223,7 +224,7 @@ def command_run(args) -> int:
     if failures:
         for line in failures:
             print(f"bench run: failed: {line}", file=sys.stderr)
-        print(f"bench run: {len(failures)} job(s) failed; the same command re-runs only what has no record", file=sys.stderr)
+        print(f"bench run: {len(failures)} job(s) failed or not run; the same command re-runs only what has no record", file=sys.stderr)
         return 1
     return 0
 
@@ -235,9 +236,16 @@ def _dispatch_options(args) -> dict:
     slurm_flags = {flag: getattr(args, flag.removeprefix("--").replace("-", "_"))
                    for flag in ("--slurm-partition", "--slurm-mem-gb", "--slurm-account", "--slurm-qos", "--slurm-constraint")}
     if args.executor != "slurm":
-        given = [flag for flag, value in slurm_flags.items() if value is not None]
+        given = [flag for flag, value in slurm_flags.items() if value is not None] + (["--slurm-nodes"] if args.slurm_nodes != 1 else [])
         if given:
             raise CliError(f"{given[0]} applies to --executor slurm only (this run uses --executor {args.executor})")
+    elif shutil.which("srun") is None:
+        raise CliError("--executor slurm: no SLURM on this machine (srun is not on PATH); run it on a login node, "
+                       "or use --executor local")
+    if args.pretrain_processes < 1 or args.slurm_nodes < 1:
+        raise CliError(f"--pretrain-processes {args.pretrain_processes} / --slurm-nodes {args.slurm_nodes}: expected at least 1")
+    if args.executor == "inline" and args.pretrain_processes != 1:
+        raise CliError("--pretrain-processes applies to --executor local or slurm; inline, start bench under torchrun instead")
     if args.executor == "inline" and args.jobs is not None:
         raise CliError("--jobs applies to --executor local or slurm; inline runs one cell after another")
     jobs = args.jobs if args.jobs is not None else (64 if args.executor == "slurm" else 1)
@@ -250,7 +258,7 @@ def _dispatch_options(args) -> dict:
         minutes = parse_slurm_time(args.slurm_time)
     except ValueError as error:
         raise CliError(str(error)) from None
-    slurm = SlurmOptions(partition=args.slurm_partition, gpus=args.slurm_gpus, cpus=args.slurm_cpus, mem_gb=args.slurm_mem_gb,
+    slurm = SlurmOptions(nodes=args.slurm_nodes, partition=args.slurm_partition, gpus=args.slurm_gpus, cpus=args.slurm_cpus, mem_gb=args.slurm_mem_gb,
                          time_minutes=minutes, account=args.slurm_account, constraint=args.slurm_constraint, qos=args.slurm_qos)
     import torch
 
@@ -395,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="inline: this process, one cell after another; local: parallel processes on this machine; "
                            "slurm: SLURM jobs through submitit; default: inline")
     grid.add_argument("--jobs", type=int, help="jobs at once; default: 1 for local, 64 for slurm")
+    grid.add_argument("--pretrain-processes", type=int, default=1,
+                      help="processes (GPUs) of each pretraining job, trained as one DistributedDataParallel run; "
+                           "cells always take one; default: 1")
+    grid.add_argument("--slurm-nodes", type=int, default=1, help="nodes of each pretraining job (--pretrain-processes "
+                                                                   "per node); default: 1")
     grid.add_argument("--slurm-partition", help="SLURM partition; default: the cluster's")
     grid.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job; default: 1")
     grid.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per job; default: 8")

@@ -39,9 +39,25 @@ def _job_device(device: str, threads: int):
 
 
 def pretraining_job(profile: dict, out_dir: str, device: str, threads: int, method: str) -> str:
-    """One job: pretrain ``method`` and store its encoder (nothing if it is stored already)."""
-    runner = Runner(profile, Path(out_dir), _job_device(device, threads), echo=print)
-    runner.pretrained_encoder(method)
+    """One job: pretrain ``method`` and store its encoder (nothing if it is stored already).
+
+    A job of several tasks (``--pretrain-processes``) is one DistributedDataParallel run:
+    submitit tells each task its rank and the first host, exported as torchrun would.
+    """
+    import submitit
+    import torch.distributed as dist
+
+    from cxrbench.distributed import init_from_environment
+
+    torch_device = _job_device(device, threads)
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        _, torch_device = init_from_environment(torch_device)
+    try:
+        Runner(profile, Path(out_dir), torch_device, echo=print).pretrained_encoder(method)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return method
 
 
@@ -77,24 +93,35 @@ class SlurmOptions:
     account: str | None = None
     constraint: str | None = None
     qos: str | None = None
+    nodes: int = 1  # of a pretraining job
 
 
-def make_executor(kind: str, folder: Path, jobs: int, slurm: SlurmOptions):
-    """A submitit executor whose logs and pickles go to ``folder``."""
-    import submitit
+class Executors:
+    """Two submitit executors on one folder: pretraining jobs (possibly several processes,
+    GPUs and nodes) and evaluation-cell jobs (one process)."""
 
-    if kind == "local":
-        executor = submitit.LocalExecutor(folder=str(folder))
-        executor.update_parameters(timeout_min=slurm.time_minutes)
+    def __init__(self, kind: str, folder: Path, slurm: SlurmOptions, pretrain_processes: int = 1):
+        self.pretraining = self._make(kind, folder, slurm, processes=pretrain_processes, nodes=slurm.nodes)
+        self.cells = self._make(kind, folder, slurm, processes=1, nodes=1)
+
+    @staticmethod
+    def _make(kind: str, folder: Path, slurm: SlurmOptions, processes: int, nodes: int):
+        import submitit
+
+        if kind == "local":
+            executor = submitit.LocalExecutor(folder=str(folder))
+            executor.update_parameters(timeout_min=slurm.time_minutes, tasks_per_node=processes)
+            return executor
+        executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+        extra = {key: value for key, value in {"account": slurm.account, "qos": slurm.qos}.items() if value}
+        # a pretraining job of P processes: P tasks on each of its nodes, one GPU each
+        gpus = processes if processes > 1 else slurm.gpus
+        executor.update_parameters(
+            name="cxrbench", timeout_min=slurm.time_minutes, nodes=nodes, tasks_per_node=processes, gpus_per_node=gpus,
+            cpus_per_task=slurm.cpus, slurm_partition=slurm.partition, slurm_mem=f"{slurm.mem_gb}G" if slurm.mem_gb else None,
+            slurm_constraint=slurm.constraint, slurm_additional_parameters=extra,
+        )
         return executor
-    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-    extra = {key: value for key, value in {"account": slurm.account, "qos": slurm.qos}.items() if value}
-    executor.update_parameters(
-        name="cxrbench", timeout_min=slurm.time_minutes, gpus_per_node=slurm.gpus, tasks_per_node=1,
-        cpus_per_task=slurm.cpus, slurm_partition=slurm.partition, slurm_mem=f"{slurm.mem_gb}G" if slurm.mem_gb else None,
-        slurm_constraint=slurm.constraint, slurm_additional_parameters=extra,
-    )
-    return executor
 
 
 @dataclass
@@ -104,7 +131,7 @@ class DispatchResult:
     missing: dict[str, str] = field(default_factory=dict)  # method -> why its cells were not run
 
 
-def dispatch(runner: Runner, cells: list[Cell], executor, *, jobs: int, device: str, threads: int,
+def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: int, device: str, threads: int,
              gpu_count: int = 0, poll_seconds: float = 1.0, echo: Callable[[str], None] = tqdm.write) -> DispatchResult:
     """Run ``cells`` as jobs on ``executor``, at most ``jobs`` at a time; pretraining first."""
     result = DispatchResult()
@@ -137,9 +164,9 @@ def dispatch(runner: Runner, cells: list[Cell], executor, *, jobs: int, device: 
             # local jobs on a machine with several GPUs: one GPU per concurrent job
             job_device = f"cuda:{slot % gpu_count}" if gpu_count and device.startswith("cuda") else device
             if kind == "pretrain":
-                job = executor.submit(pretraining_job, runner.profile, str(runner.out_dir), job_device, threads, payload)
+                job = executors.pretraining.submit(pretraining_job, runner.profile, str(runner.out_dir), job_device, threads, payload)
             else:
-                job = executor.submit(cell_job, runner.profile, str(runner.out_dir), job_device, threads, payload)
+                job = executors.cells.submit(cell_job, runner.profile, str(runner.out_dir), job_device, threads, payload)
             running[job] = (kind, payload, slot)
         time.sleep(poll_seconds)
         for job in [job for job in running if job.done()]:
@@ -149,11 +176,11 @@ def dispatch(runner: Runner, cells: list[Cell], executor, *, jobs: int, device: 
             progress.update(1)
             name = payload if kind == "pretrain" else payload.record_name
             try:
-                outcome = job.result()
+                outcome = job.results()[0]  # a job of several tasks (DDP pretraining) has one result each
             except Exception as error:  # the job's traceback is in its log; one line here
-                first_line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-                result.failures.append(f"{kind} {name}: {first_line} (log: {job.paths.stderr})")
-                echo(f"failed: {kind} {name}: {first_line}")
+                reason = _exception_line(error)
+                result.failures.append(f"{kind} {name}: {reason} (log: {job.paths.stderr})")
+                echo(f"failed: {kind} {name}: {reason}")
                 if kind == "pretrain":
                     dropped = waiting.pop(payload, [])
                     result.failures.extend(f"cell {cell.record_name}: not run, its pretraining failed" for cell in dropped)
@@ -166,6 +193,13 @@ def dispatch(runner: Runner, cells: list[Cell], executor, *, jobs: int, device: 
                 result.written += int(outcome)
     progress.close()
     return result
+
+
+def _exception_line(error: Exception) -> str:
+    """The job's own exception line (``ValueError: ...``) out of submitit's report with its traceback."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    raised = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line)]
+    return raised[-1] if raised else f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def default_threads(jobs: int) -> int:

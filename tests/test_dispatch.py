@@ -1,0 +1,118 @@
+"""Grid dispatch through submitit: every pretraining and every cell a job, pretraining first."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cxrbench.benchmark.cli import main
+from cxrbench.benchmark.dispatch import Executors, SlurmOptions, parse_slurm_time
+
+GRID = ["--methods", "simclr,sup1", "--protocol", "frozen", "--profile", "smoke", "--datasets", "phantom-nih",
+        "--fractions", "10,100"]
+
+
+def _bench(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cxrbench", "run", *argv], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=600)
+
+
+def _records(out: Path) -> dict[str, dict]:
+    return {path.name: json.loads(path.read_text()) for path in sorted((out / "cells").glob("*.json"))}
+
+
+def test_local_executor_runs_each_job_in_its_own_process_and_matches_the_inline_run(tmp_path):
+    inline = _bench(*GRID, "--out", str(tmp_path / "inline"))
+    assert inline.returncode == 0, inline.stderr[-2000:]
+    local = _bench(*GRID, "--executor", "local", "--jobs", "2", "--out", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr[-2000:]
+
+    # one submitit job per pretraining and per cell: 1 + 4, each with its own log
+    submitted = sorted((tmp_path / "local" / "jobs").glob("*_submitted.pkl"))
+    assert len(submitted) == 5
+    expected, actual = _records(tmp_path / "inline"), _records(tmp_path / "local")
+    assert sorted(actual) == sorted(expected) and len(actual) == 4
+    pretrained = json.loads((tmp_path / "local" / "pretrain" / "simclr__phantom-nih" / "record.json").read_text())
+    for name, record in actual.items():
+        if record["cell"]["method"] == "simclr":
+            assert record["created"] > pretrained["created"]  # no cell started before its encoder was stored
+        # the same computation as in one process (the jobs run with 1 thread each, inline with 2)
+        assert record["metrics"]["mean_auroc"] == pytest.approx(expected[name]["metrics"]["mean_auroc"], abs=1e-4), name
+
+    again = _bench(*GRID, "--executor", "local", "--jobs", "2", "--out", str(tmp_path / "local"))
+    assert again.returncode == 0 and "4 of 4 cells already have a record" in again.stdout + again.stderr
+    assert len(list((tmp_path / "local" / "jobs").glob("*_submitted.pkl"))) == 5  # nothing resubmitted
+
+
+def test_a_pretraining_job_of_two_processes_trains_with_ddp(tmp_path):
+    result = _bench("--methods", "vicreg", "--protocol", "frozen", "--profile", "smoke", "--datasets", "phantom-nih",
+                    "--fractions", "100", "--executor", "local", "--pretrain-processes", "2", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((tmp_path / "pretrain" / "vicreg__phantom-nih" / "record.json").read_text())
+    assert record["processes"] == 2
+    assert (tmp_path / "cells" / "vicreg__phantom-nih__frozen__100pct__seed0.json").is_file()
+
+
+def test_a_failed_pretraining_job_is_reported_and_its_cells_are_not_run(tmp_path):
+    result = _bench(*GRID, "--executor", "local", "--jobs", "2", "--set", "pretrain.batch_size=100000", "--out", str(tmp_path))
+    assert result.returncode == 1
+    failures = [line for line in result.stderr.splitlines() if line.startswith("bench run: failed:")]
+    assert any("pretrain simclr" in line and "fewer than the batch size" in line and "log:" in line for line in failures)
+    assert sum("not run, its pretraining failed" in line for line in failures) == 2
+    assert sorted(path.name for path in (tmp_path / "cells").glob("*.json")) == [
+        "sup1__phantom-nih__frozen__100pct__seed0.json", "sup1__phantom-nih__frozen__10pct__seed0.json"]
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--executor", "local", "--jobs", "0"], "--jobs 0"),
+        (["--jobs", "2"], "--jobs"),
+        (["--executor", "local", "--slurm-partition", "gpu"], "--slurm-partition"),
+        (["--executor", "local", "--slurm-time", "soon"], "soon"),
+        (["--executor", "slurm"], "srun"),
+        (["--pretrain-processes", "2"], "torchrun"),
+        (["--set", "pretrain.precision=fp8"], "fp8"),
+    ],
+)
+def test_bad_dispatch_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, monkeypatch, argv, named):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    out = tmp_path / "results"
+    code = main(["run", "--methods", "simclr", "--profile", "smoke", *argv, "--out", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and named in lines[0], lines
+    assert not out.exists()
+
+
+def test_slurm_jobs_ask_for_what_the_flags_say(tmp_path, monkeypatch):
+    """The sbatch scripts submitit would submit (a stand-in srun makes this machine look like a login node)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    options = SlurmOptions(partition="gpu", gpus=1, cpus=10, mem_gb=64, time_minutes=parse_slurm_time("1-12:00:00"),
+                           account="lab", nodes=2)
+    executors = Executors("slurm", tmp_path / "jobs", options, pretrain_processes=4)
+    pretraining = executors.pretraining._executor._make_submission_file_text("python job", "uid")
+    cells = executors.cells._executor._make_submission_file_text("python job", "uid")
+    for line in ("--partition=gpu", "--time=2160", "--account=lab", "--mem=64G", "--cpus-per-task=10"):
+        assert f"#SBATCH {line}" in pretraining and f"#SBATCH {line}" in cells
+    assert all(f"#SBATCH {line}" in pretraining for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4"))
+    assert all(f"#SBATCH {line}" in cells for line in ("--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=1"))
+
+
+@pytest.mark.parametrize("text, minutes", [("90", 90), ("1:30:00", 90), ("0:00:30", 1), ("2-00:00:00", 2880)])
+def test_slurm_time_forms(text, minutes):
+    assert parse_slurm_time(text) == minutes
+
+
+@pytest.mark.parametrize("text", ["", "0", "1:5", "1h", "-1"])
+def test_bad_slurm_times_are_refused(text):
+    with pytest.raises(ValueError, match="slurm-time"):
+        parse_slurm_time(text)

@@ -72,3 +72,26 @@ def test_list_shows_methods_with_origin(capsys):
     assert code == 0
     rows = {line.split()[0]: line for line in stdout.splitlines()[2:]}
     assert "vicreg" in rows and "sup1" in rows and rows["vicreg"].rstrip().endswith("built-in")
+
+
+def test_bench_speed_measures_every_method_and_the_frozen_cache_in_one_json(capsys, tmp_path):
+    out = tmp_path / "speed.json"
+    code, stdout, _ = run_cli(capsys, "speed", "--profile", "smoke", "--batch-size", "4", "--iterations", "10",
+                              "--device", "cpu", "--out", str(out))
+    assert code == 0
+    import json
+
+    from cxrbench.methods import available_methods, get_method
+
+    report = json.loads(out.read_text())
+    pretraining = report["pretraining"]
+    expected = {name for name in available_methods() if get_method(name).pretrains and get_method(name).listed_in_all}
+    assert set(pretraining["methods"]) == expected and pretraining["batch"] == 16 and pretraining["image_size"] == 64
+    for timing in pretraining["methods"].values():
+        assert timing["images_per_second"] == pytest.approx(16 / timing["step_seconds"])
+    assert pretraining["optiml_over_vicreg"] == pytest.approx(
+        pretraining["methods"]["optiml"]["step_seconds"] / pretraining["methods"]["vicreg"]["step_seconds"])
+    frozen = report["frozen_cache"]
+    assert frozen["speedup"] == pytest.approx(frozen["recomputed_total_seconds_estimated"] / frozen["cached_total_seconds"])
+    assert "pretraining.optiml.images_per_second" in stdout and "frozen_cache.speedup" in stdout
+    assert report["sinkhorn"]["max_abs_plan_difference"] < 1e-6

@@ -336,21 +336,41 @@ def command_speed(args) -> int:
     if out.suffix != ".json":
         raise CliError(f"--out {out}: expected a .json file name")
     _check_writable(out.parent, "--out")
+    from cxrbench.benchmark.profiles import available_profiles, load_profile
+
+    _check_choices("profile", [args.profile], available_profiles())
+    profile = load_profile(args.profile)
     device = str(_device(args.device))
     report = {"machine": speed.machine()}
     print("bench speed: Sinkhorn solver against POT ot.solve_batch ...", flush=True)
     report["sinkhorn"] = speed.sinkhorn_benchmark(batch=args.batch_size, iterations=args.iterations)
     print("bench speed: prepared uint8 array against per-sample PNG decoding ...", flush=True)
     report["loader"] = speed.loader_benchmark()
+    print(f"bench speed: frozen protocol, cached features against recomputing them ({args.profile} profile) ...", flush=True)
+    report["frozen_cache"] = speed.frozen_cache_benchmark(profile, device=device)
     if not args.skip_step:
-        print(f"bench speed: OPTiML and VICReg training steps at {args.image_size} px, batch {args.batch_size} ...", flush=True)
-        report["training_step"] = speed.training_step_benchmark(args.image_size, args.batch_size, device=device)
+        print(f"bench speed: pretraining steps of every method at {profile['data']['image_size']} px, batch "
+              f"{profile['pretrain']['batch_size']} ({args.profile} profile) ...", flush=True)
+        report["pretraining"] = speed.pretraining_benchmark(profile, device=device)
     atomic_write_json(out, report)
-    rows = [(f"{section}.{key}", f"{value:.4g}" if isinstance(value, float) else value)
-            for section in ("sinkhorn", "loader", "training_step") if section in report for key, value in report[section].items()]
-    print(tabulate(rows, headers=["measure", "value"], tablefmt="simple"))
+    print(tabulate(_speed_rows(report), headers=["measure", "value"], tablefmt="simple"))
     print(out)
     return 0
+
+
+def _speed_rows(report: dict) -> list[tuple[str, str]]:
+    def shown(value):
+        return f"{value:.4g}" if isinstance(value, float) else value
+
+    rows = []
+    for section in ("sinkhorn", "loader", "frozen_cache"):
+        rows += [(f"{section}.{key}", shown(value)) for key, value in report.get(section, {}).items()]
+    pretraining = report.get("pretraining")
+    if pretraining:
+        rows += [(f"pretraining.{name}.images_per_second", shown(timing["images_per_second"]))
+                 for name, timing in pretraining["methods"].items()]
+        rows += [(f"pretraining.{key}", shown(value)) for key, value in pretraining.items() if key != "methods"]
+    return rows
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -466,16 +486,19 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.set_defaults(handler=command_phantom)
 
     bench_speed = commands.add_parser(
-        "speed", help="measure speed ratios (Sinkhorn vs POT, prepared loader vs PNG, OPTiML vs VICReg step) in one run",
+        "speed", help="measure speed in one run: pretraining images/s per method, Sinkhorn vs POT, loader, frozen cache",
         description="Benchmarks measured back to back in one process, reported as ratios: the batched Sinkhorn "
                     "solver against POT's ot.solve_batch (same size and iterations) and against the memory floor, "
                     "training views from the prepared uint8 array against decoding a 1024 px PNG per sample, "
-                    "and an OPTiML training step against a VICReg step.")
+                    "the frozen protocol with cached features against recomputing them every epoch, and the "
+                    "pretraining images/second of every method at the profile's image size and batch, with the "
+                    "OPTiML/VICReg step-time ratio. Under 5 minutes on 2 CPU cores with the quick profile.")
     bench_speed.add_argument("--out", default="reports/speed.json", help="JSON file for the figures; default: reports/speed.json")
-    bench_speed.add_argument("--batch-size", type=int, default=64, help="batch (B of the OT problems too); default: 64")
+    bench_speed.add_argument("--batch-size", type=int, default=64, help="B of the Sinkhorn problems; default: 64")
     bench_speed.add_argument("--iterations", type=int, default=100, help="Sinkhorn iterations for both solvers; default: 100")
-    bench_speed.add_argument("--image-size", type=int, default=224, help="image size of the training steps; default: 224")
-    bench_speed.add_argument("--skip-step", action="store_true", help="only the solver benchmark")
+    bench_speed.add_argument("--profile", default="quick", help="image size, batch and frozen-probe settings of the "
+                                                                "pretraining and frozen benchmarks; default: quick")
+    bench_speed.add_argument("--skip-step", action="store_true", help="leave out the per-method pretraining steps")
     bench_speed.add_argument("--device", default="auto", help="device of the training steps: auto, cpu, cuda")
     bench_speed.set_defaults(handler=command_speed)
     return parser

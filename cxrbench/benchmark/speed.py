@@ -7,8 +7,10 @@ figure here is measured in the same process, back to back, and reported as a rat
   size and the same number of iterations, the largest plan difference, and the solver's time
   per iteration against the machine's memory floor (the time to read the B x d x d kernel
   twice, which is what one iteration must do).
-* OPTiML training step against a VICReg step (same backbone, batch and image size): the
-  overhead of the OT term and CV-SIM.
+* Pretraining images/second of every method at a profile's image size and batch, and the
+  OPTiML/VICReg step-time ratio (the overhead of the OT term and CV-SIM).
+* The prepared-array loader against decoding a PNG per sample.
+* The frozen protocol with cached features against recomputing them every epoch.
 """
 
 from __future__ import annotations
@@ -69,30 +71,85 @@ def sinkhorn_benchmark(batch: int = 64, dim: int = 512, epsilon: float = 0.05, i
     }
 
 
-def training_step_benchmark(image_size: int = 224, batch: int = 64, repeats: int = 2, device: str = "cpu") -> dict:
-    from cxrbench.methods import get_method
+def pretraining_benchmark(profile: dict, repeats: int = 2, device: str = "cpu", methods: list[str] | None = None) -> dict:
+    """Pretraining images/second of every method at the profile's image size and batch.
 
-    results = {}
-    images = torch.randint(0, 256, (batch, image_size, image_size), dtype=torch.uint8, device=device)
-    for name in ("vicreg", "optiml"):
-        cls = get_method(name)
-        method = cls(cls.resolve_hyperparameters({})).to(device).train()
+    One step is what the pretraining loop does: views of a uint8 batch, forward, backward,
+    optimiser step and the method's after-step hook (momentum update), through the same
+    ``StepRunner`` with the profile's precision and layout. Best of ``repeats`` after one
+    warm-up step.
+    """
+    from cxrbench.benchmark.pretrain import StepRunner, TrainingOptions
+    from cxrbench.benchmark.runner import method_hyperparameters
+    from cxrbench.methods import available_methods, get_method
+
+    settings = profile["pretrain"]
+    batch, size = int(settings["batch_size"]), int(profile["data"]["image_size"])
+    names = methods or [name for name in available_methods() if get_method(name).pretrains and get_method(name).listed_in_all]
+    images = torch.randint(0, 256, (batch, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(device)
+    results: dict = {"profile": profile["name"], "image_size": size, "batch": batch, "device": device,
+                     "precision": settings.get("precision", "fp32"), "methods": {}}
+    for name in names:
+        torch.manual_seed(0)
+        method = get_method(name)(method_hyperparameters(profile, name)).train()
+        step_runner = StepRunner(method, torch.device(device), TrainingOptions.from_settings(settings))
         optimizer = method.build_optimizer(batch)
 
         def step():
-            views = method.make_views(images)
-            loss, _ = method.training_step(views)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step_runner(method.make_views(images), optimizer, 0)
+            method.after_optimizer_step(0.5)
             if device != "cpu":
                 torch.cuda.synchronize()
 
         step()  # warm-up
-        results[f"{name}_step_seconds"] = _best_of(step, repeats)
-    results["optiml_over_vicreg"] = results["optiml_step_seconds"] / results["vicreg_step_seconds"]
-    results.update({"image_size": image_size, "batch": batch, "device": device})
+        seconds = _best_of(step, repeats)
+        results["methods"][name] = {"step_seconds": seconds, "images_per_second": batch / seconds}
+    timed = results["methods"]
+    if "optiml" in timed and "vicreg" in timed:
+        results["optiml_over_vicreg"] = timed["optiml"]["step_seconds"] / timed["vicreg"]["step_seconds"]
     return results
+
+
+def frozen_cache_benchmark(profile: dict, dataset_name: str = "phantom-nih", device: str = "cpu", seed: int = 0) -> dict:
+    """The frozen protocol as run (features computed once, cached) against recomputing them.
+
+    Cached: ``prepare_shared`` (every image through the encoder once) plus the protocol's
+    whole run (the profile's learning rates x epochs of the linear head), measured. Recomputed:
+    what a probe without the cache would add, from measured parts: the training images
+    through the encoder every epoch and the validation images at every evaluation, for each
+    learning rate, and the test images once. Running that for real would take hours at the
+    profile's 200 epochs x 3 rates; each part is timed here and multiplied out.
+    """
+    from cxrbench.benchmark.protocol_registry import PROTOCOLS, protocol_config
+    from cxrbench.benchmark.protocols import load_encoder, predict
+    from cxrbench.datasets import DATASETS
+    from cxrbench.methods import get_method
+
+    dataset = DATASETS.get(dataset_name)().load(profile["data"])
+    torch.manual_seed(seed)
+    encoder_state = get_method("sup1")().export_encoder()  # the time does not depend on the weights
+    protocol, config = PROTOCOLS["frozen"], protocol_config(profile, "frozen")
+    torch_device = torch.device(device)
+    started = time.perf_counter()
+    shared = protocol.prepare_shared(encoder_state, dataset, torch_device)
+    features_seconds = time.perf_counter() - started
+    protocol.run(encoder_state, dataset, 100.0, seed, config, torch_device, shared)
+    cached_seconds = time.perf_counter() - started
+
+    encoder = load_encoder(encoder_state, torch_device)
+    train = dataset.label_fraction_positions(100.0, seed)
+    val, test = dataset.split_positions("val"), dataset.split_positions("test")
+    train_pass = _best_of(lambda: predict(encoder, dataset.images[train], torch_device), 2)
+    val_pass = _best_of(lambda: predict(encoder, dataset.images[val], torch_device), 2)
+    test_pass = _best_of(lambda: predict(encoder, dataset.images[test], torch_device), 1)
+    rates, epochs = len(config["learning_rates"]), int(config["epochs"])
+    evaluations = len({epoch for epoch in range(1, epochs + 1) if epoch % max(1, epochs // 20) == 0} | {epochs})
+    head_seconds = cached_seconds - features_seconds
+    recomputed_seconds = rates * (epochs * train_pass + evaluations * val_pass) + test_pass + head_seconds
+    return {"dataset": dataset_name, "train_images": int(len(train)), "val_images": int(len(val)),
+            "learning_rates": rates, "epochs": epochs, "features_once_seconds": features_seconds,
+            "cached_total_seconds": cached_seconds, "train_pass_seconds": train_pass, "val_pass_seconds": val_pass,
+            "recomputed_total_seconds_estimated": recomputed_seconds, "speedup": recomputed_seconds / cached_seconds}
 
 
 def machine() -> dict:

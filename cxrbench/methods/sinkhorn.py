@@ -119,8 +119,12 @@ def entropic_transport(M: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilo
     >>> result = entropic_transport(M, a, b, epsilon=0.05)
     >>> result.cost.mean().backward()   # gradients: the plan for M, the potentials for a and b
     """
-    plan, f, g, iterations, error = sinkhorn_solve(M.detach(), a.detach(), b.detach(), epsilon, max_iter, tol)
-    f = f - f.mean(dim=1, keepdim=True)
-    g = g - g.mean(dim=1, keepdim=True)
-    cost = _EnvelopeCost.apply(M, a, b, plan, f, g)
+    # always in float32, also under mixed precision: exp(-M / epsilon) with epsilon = 0.05
+    # spans e^-40..1, and bf16's 8-bit mantissa would break the marginals
+    with torch.autocast(M.device.type, enabled=False):
+        M, a, b = M.float(), a.float(), b.float()
+        plan, f, g, iterations, error = sinkhorn_solve(M.detach(), a.detach(), b.detach(), epsilon, max_iter, tol)
+        f = f - f.mean(dim=1, keepdim=True)
+        g = g - g.mean(dim=1, keepdim=True)
+        cost = _EnvelopeCost.apply(M, a, b, plan, f, g)
     return SinkhornResult(plan=plan, cost=cost, f=f, g=g, iterations=iterations, marginal_error=error)

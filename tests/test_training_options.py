@@ -1,0 +1,50 @@
+"""The GPU options of pretraining (precision, channels-last), checked on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cxrbench.benchmark.pretrain import StepRunner, TrainingOptions
+from cxrbench.benchmark.profiles import load_profile
+from cxrbench.benchmark.runner import method_hyperparameters
+from cxrbench.methods import get_method
+
+
+def _two_steps(name: str, options: TrainingOptions) -> tuple[list[float], torch.nn.Module]:
+    images = torch.randint(0, 256, (8, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    method = get_method(name)(method_hyperparameters(load_profile("smoke"), name))
+    method.train()
+    views = method.make_views(images, generator=torch.Generator().manual_seed(1))
+    step_runner = StepRunner(method, torch.device("cpu"), options)
+    optimizer = method.build_optimizer(8)
+    losses = [step_runner(views, optimizer, step)[1]["loss"] for step in range(2)]
+    return losses, method
+
+
+@pytest.mark.parametrize("name", ["simclr", "optiml"])
+def test_channels_last_changes_the_layout_not_the_result(name):
+    reference, _ = _two_steps(name, TrainingOptions())
+    losses, method = _two_steps(name, TrainingOptions(channels_last=True))
+    assert method.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert losses == pytest.approx(reference, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vicreg", "optiml"])
+def test_bf16_autocast_trains_close_to_fp32(name):
+    reference, _ = _two_steps(name, TrainingOptions())
+    losses, method = _two_steps(name, TrainingOptions(precision="bf16"))
+    # bf16 keeps 8 bits of mantissa: the losses agree to about a percent, not to float32 precision
+    assert losses == pytest.approx(reference, rel=2e-2)
+    assert losses != reference  # autocast did run the forward in bf16
+    assert all(parameter.dtype == torch.float32 for parameter in method.parameters())  # master weights stay fp32
+
+
+@pytest.mark.parametrize(
+    "settings, named",
+    [({"precision": "fp8"}, "fp8"), ({"augment_on": "tpu"}, "tpu"), ({"channels_last": "yes"}, "channels_last")],
+)
+def test_bad_training_options_are_named(settings, named):
+    with pytest.raises(ValueError, match=named):
+        TrainingOptions.from_settings(settings)

@@ -53,7 +53,8 @@ Deviations and why
 * 64 px input gives a 2x2 grid: the dense loss then matches 4 positions per image; it is the
   quick profile's price for CPU speed. The paper profile uses 224 px (7x7).
 * Grey radiographs: saturation, hue and greyscale dropped; brightness/contrast kept.
-* Shuffle-BN: single-process stand-in (see ``momentum.shuffle_bn_forward``).
+* Shuffle-BN: a stand-in in one process; under torchrun the official shuffle across
+  processes (see ``momentum.shuffle_bn_forward``). Both queues take every process's keys.
 """
 
 from __future__ import annotations

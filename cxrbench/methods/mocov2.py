@@ -38,9 +38,11 @@ Deviations and why
   1,024 (80% of the data, a multiple of the batch), and to 32 for smoke.
 * Momentum 0.99 on quick/smoke: with 38 steps, 0.999 would leave the key encoder almost at
   its random initialisation for the whole run (1 - 0.999^38 = 4% update).
-* Shuffle-BN: one process cannot shuffle across GPUs; the key batch is permuted and encoded
-  in 2 chunks (32 images each at batch 64, the official per-GPU batch), each with its own BN
-  statistics, then un-permuted (``shuffle_bn_forward``).
+* Shuffle-BN: in one process, which cannot shuffle across GPUs, the key batch is permuted
+  and encoded in 2 chunks (32 images each at batch 64, the official per-GPU batch), each with
+  its own BN statistics, then un-permuted (``shuffle_bn_forward``). Under torchrun it is the
+  official scheme: keys shuffled across processes, each encoding its share, then gathered
+  back; the queue takes the keys of all processes (no deviation there).
 * Grey radiographs: saturation, hue and random greyscale dropped; brightness/contrast kept.
 * lr follows the official linear scaling (0.03 per 256).
 """

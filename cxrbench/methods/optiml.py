@@ -62,6 +62,11 @@ would move weights by 3e-7 of their norm per step (nothing trains in any profile
 official setting moves them by 1.6e-3 (lr 1.6 x 0.001). We read the paper's lr as applied to
 the trust ratio alone (eta = 1): 3e-4 per step, the same order as the official VICReg.
 
+Several processes (torchrun): the variance and covariance terms are statistics of the global
+batch, so the expander outputs are gathered with their gradients (as the official VICReg
+code does); the OT term is one problem per image, solved by the process that holds it. A
+2-process run gives the single-process loss (tests/test_distributed.py).
+
 Deviations from the spec: the alternatives it names but does not make default
 (``ot.space: positions``, ``cvsim.mode: spatial``, ``cvsim.shared: false``, ``ot.grad:
 unroll``) are not implemented yet.

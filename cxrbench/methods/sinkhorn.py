@@ -122,7 +122,8 @@ def entropic_transport(M: torch.Tensor, a: torch.Tensor, b: torch.Tensor, epsilo
     # always in float32, also under mixed precision: exp(-M / epsilon) with epsilon = 0.05
     # spans e^-40..1, and bf16's 8-bit mantissa would break the marginals
     with torch.autocast(M.device.type, enabled=False):
-        M, a, b = M.float(), a.float(), b.float()
+        precision = torch.promote_types(M.dtype, torch.float32)  # float64 problems stay float64
+        M, a, b = M.to(precision), a.to(precision), b.to(precision)
         plan, f, g, iterations, error = sinkhorn_solve(M.detach(), a.detach(), b.detach(), epsilon, max_iter, tol)
         f = f - f.mean(dim=1, keepdim=True)
         g = g - g.mean(dim=1, keepdim=True)

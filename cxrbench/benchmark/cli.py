@@ -107,12 +107,15 @@ def command_list(args) -> int:
 
 
 def command_run(args) -> int:
+    import torch
+
     from cxrbench.benchmark.profiles import apply_overrides, available_profiles, load_profile
     from cxrbench.benchmark.protocol_registry import BUILT_IN, PROTOCOLS, protocol_config
     from cxrbench.benchmark.comparisons import write_paired_tests
     from cxrbench.benchmark.pretrain import TrainingOptions
     from cxrbench.benchmark.runner import Runner, method_hyperparameters, plan_cells
     from cxrbench.distributed import init_from_environment, sum_across_processes
+    from cxrbench.distributed import world as current_world
     from cxrbench.datasets import DATASETS, available_datasets
     from cxrbench.methods import METHOD_GROUPS, available_methods, expand_methods, get_method
 
@@ -186,11 +189,11 @@ def command_run(args) -> int:
     if conflict:
         raise CliError(f"--out {out_dir} holds records made with another configuration ({conflict}); "
                        f"use a new --out, or the same profile and --set values")
-    device = _device(args.device)
-    world, device = init_from_environment(device)
-    if world.distributed and args.executor != "inline":
-        raise CliError(f"--executor {args.executor} under torchrun: torchrun already runs one distributed job; "
-                       f"use --executor inline (the default) there")
+    if args.executor == "slurm":
+        # this process only submits; each job resolves --device on its own node
+        world, device = current_world(), torch.device("cpu")
+    else:
+        world, device = init_from_environment(_device(args.device))
 
     cells = [cell for protocol, datasets in datasets_by_protocol.items()
              for cell in plan_cells(methods, datasets, [protocol], fractions, seeds)]
@@ -210,7 +213,7 @@ def command_run(args) -> int:
         from cxrbench.benchmark.dispatch import Executors, dispatch
 
         executors = Executors(args.executor, out_dir / "jobs", dispatch_options["slurm"], args.pretrain_processes)
-        outcome = dispatch(runner, cells, executors, jobs=dispatch_options["jobs"], device=str(device),
+        outcome = dispatch(runner, cells, executors, jobs=dispatch_options["jobs"], device=args.device,
                            threads=dispatch_options["threads"], gpu_count=dispatch_options["gpu_count"])
         written, missing, failures = outcome.written, outcome.missing, outcome.failures
     if not world.is_main:
@@ -233,6 +236,9 @@ def _dispatch_options(args) -> dict:
     """The executor's settings, checked before anything is written."""
     from cxrbench.benchmark.dispatch import SlurmOptions, default_threads, parse_slurm_time
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.executor != "inline":
+        raise CliError(f"--executor {args.executor} under torchrun: torchrun already runs one distributed job; "
+                       f"use --executor inline (the default) there")
     slurm_flags = {flag: getattr(args, flag.removeprefix("--").replace("-", "_"))
                    for flag in ("--slurm-partition", "--slurm-mem-gb", "--slurm-account", "--slurm-qos", "--slurm-constraint")}
     if args.executor != "slurm":

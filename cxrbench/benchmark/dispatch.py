@@ -31,10 +31,13 @@ EXECUTORS = ("inline", "local", "slurm")
 
 
 def _job_device(device: str, threads: int):
+    """The job's device, resolved where the job runs ("auto" on a SLURM node finds its GPU)."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
@@ -133,7 +136,10 @@ class DispatchResult:
 
 def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: int, device: str, threads: int,
              gpu_count: int = 0, poll_seconds: float = 1.0, echo: Callable[[str], None] = tqdm.write) -> DispatchResult:
-    """Run ``cells`` as jobs on ``executor``, at most ``jobs`` at a time; pretraining first."""
+    """Run ``cells`` as jobs on ``executors``, at most ``jobs`` at a time; pretraining first.
+
+    ``device`` is the user's request ("auto", "cpu", "cuda", "cuda:N"), resolved in each job.
+    """
     result = DispatchResult()
     runner.claim_out_dir()
     pending = [cell for cell in cells if not runner.cell_path(cell).is_file()]
@@ -162,7 +168,7 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
             kind, payload = ready.popleft()
             slot = free_slots.pop(0)
             # local jobs on a machine with several GPUs: one GPU per concurrent job
-            job_device = f"cuda:{slot % gpu_count}" if gpu_count and device.startswith("cuda") else device
+            job_device = f"cuda:{slot % gpu_count}" if gpu_count and device in ("auto", "cuda") else device
             if kind == "pretrain":
                 job = executors.pretraining.submit(pretraining_job, runner.profile, str(runner.out_dir), job_device, threads, payload)
             else:

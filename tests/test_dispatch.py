@@ -116,3 +116,33 @@ def test_slurm_time_forms(text, minutes):
 def test_bad_slurm_times_are_refused(text):
     with pytest.raises(ValueError, match="slurm-time"):
         parse_slurm_time(text)
+
+
+def test_ctrl_c_cancels_the_running_jobs(tmp_path):
+    """SIGINT to the dispatching process: its local jobs (submitit's job id is their pid) end too."""
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "cxrbench", "run", *GRID, "--executor", "local", "--set", "pretrain.max_steps=400",
+               "--set", "pretrain.epochs=100", "--out", str(tmp_path)]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    jobs = tmp_path / "jobs"
+    deadline = time.monotonic() + 120
+    while not list(jobs.glob("*_submitted.pkl")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # the pretraining job is under way
+    pid = int(next(jobs.glob("*_submitted.pkl")).name.split("_")[0])
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130 and "resume" in stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"job process {pid} still runs after the dispatcher was interrupted")
+    # cancelled, not left to finish: the 400-step pretraining never stored its encoder
+    assert not (tmp_path / "pretrain" / "simclr__phantom-nih" / "encoder.pth").exists()

@@ -163,40 +163,47 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
     progress = tqdm(total=total, desc="jobs", unit="job", disable=None)
     running: dict = {}  # submitit job -> (kind, payload, slot)
     free_slots = list(range(jobs))
-    while ready or running:
-        while ready and free_slots:
-            kind, payload = ready.popleft()
-            slot = free_slots.pop(0)
-            # local jobs on a machine with several GPUs: one GPU per concurrent job
-            job_device = f"cuda:{slot % gpu_count}" if gpu_count and device in ("auto", "cuda") else device
-            if kind == "pretrain":
-                job = executors.pretraining.submit(pretraining_job, runner.profile, str(runner.out_dir), job_device, threads, payload)
-            else:
-                job = executors.cells.submit(cell_job, runner.profile, str(runner.out_dir), job_device, threads, payload)
-            running[job] = (kind, payload, slot)
-        time.sleep(poll_seconds)
-        for job in [job for job in running if job.done()]:
-            kind, payload, slot = running.pop(job)
-            free_slots.append(slot)
-            free_slots.sort()
-            progress.update(1)
-            name = payload if kind == "pretrain" else payload.record_name
-            try:
-                outcome = job.results()[0]  # a job of several tasks (DDP pretraining) has one result each
-            except Exception as error:  # the job's traceback is in its log; one line here
-                reason = _exception_line(error)
-                result.failures.append(f"{kind} {name}: {reason} (log: {job.paths.stderr})")
-                echo(f"failed: {kind} {name}: {reason}")
+    try:
+        while ready or running:
+            while ready and free_slots:
+                kind, payload = ready.popleft()
+                slot = free_slots.pop(0)
+                # local jobs on a machine with several GPUs: one GPU per concurrent job
+                job_device = f"cuda:{slot % gpu_count}" if gpu_count and device in ("auto", "cuda") else device
                 if kind == "pretrain":
-                    dropped = waiting.pop(payload, [])
-                    result.failures.extend(f"cell {cell.record_name}: not run, its pretraining failed" for cell in dropped)
-                    progress.update(len(dropped))
-                continue
-            if kind == "pretrain":
-                echo(f"pretrained {payload} (job {job.job_id})")
-                ready.extend(("cell", cell) for cell in waiting.pop(payload, []))
-            else:
-                result.written += int(outcome)
+                    job = executors.pretraining.submit(pretraining_job, runner.profile, str(runner.out_dir), job_device, threads, payload)
+                else:
+                    job = executors.cells.submit(cell_job, runner.profile, str(runner.out_dir), job_device, threads, payload)
+                running[job] = (kind, payload, slot)
+            time.sleep(poll_seconds)
+            for job in [job for job in running if job.done()]:
+                kind, payload, slot = running.pop(job)
+                free_slots.append(slot)
+                free_slots.sort()
+                progress.update(1)
+                name = payload if kind == "pretrain" else payload.record_name
+                try:
+                    outcome = job.results()[0]  # a job of several tasks (DDP pretraining) has one result each
+                except Exception as error:  # the job's traceback is in its log; one line here
+                    reason = _exception_line(error)
+                    result.failures.append(f"{kind} {name}: {reason} (log: {job.paths.stderr})")
+                    echo(f"failed: {kind} {name}: {reason}")
+                    if kind == "pretrain":
+                        dropped = waiting.pop(payload, [])
+                        result.failures.extend(f"cell {cell.record_name}: not run, its pretraining failed" for cell in dropped)
+                        progress.update(len(dropped))
+                    continue
+                if kind == "pretrain":
+                    echo(f"pretrained {payload} (job {job.job_id})")
+                    ready.extend(("cell", cell) for cell in waiting.pop(payload, []))
+                else:
+                    result.written += int(outcome)
+    except KeyboardInterrupt:
+        # jobs of this run would otherwise go on (SLURM) or be orphaned; what finished has its records
+        for job in running:
+            job.cancel(check=False)
+        echo(f"interrupted: {len(running)} running job(s) cancelled; the same command resumes")
+        raise
     progress.close()
     return result
 

@@ -146,3 +146,26 @@ def test_ctrl_c_cancels_the_running_jobs(tmp_path):
         pytest.fail(f"job process {pid} still runs after the dispatcher was interrupted")
     # cancelled, not left to finish: the 400-step pretraining never stored its encoder
     assert not (tmp_path / "pretrain" / "simclr__phantom-nih" / "encoder.pth").exists()
+
+
+def test_cell_jobs_share_the_frozen_features_through_the_output_directory(tmp_path, monkeypatch, smoke_profile):
+    """A cell job computes its encoder's features once and stores them; the next job loads them."""
+    import numpy as np
+    import torch
+
+    from cxrbench.benchmark.protocol_registry import PROTOCOLS
+    from cxrbench.benchmark.runner import Cell, Runner
+
+    first = Runner(smoke_profile, tmp_path, torch.device("cpu"), echo=lambda _: None, persist_shared=True)
+    first.run([Cell("sup1", "phantom-nih", "frozen", 100.0, 0)])
+    stored = list((tmp_path / "shared").glob("*.npz"))
+    assert [path.name for path in stored] == ["sup1__init-seed0__phantom-nih__frozen.npz"]
+    features = np.load(stored[0])["features"]
+    assert features.shape == (len(first.dataset("phantom-nih").images), 512)
+
+    def must_not_recompute(*args, **kwargs):
+        raise AssertionError("features recomputed although they are stored")
+
+    monkeypatch.setattr(PROTOCOLS["frozen"], "prepare_shared", must_not_recompute)
+    second = Runner(smoke_profile, tmp_path, torch.device("cpu"), echo=lambda _: None, persist_shared=True)
+    assert len(second.run([Cell("sup1", "phantom-nih", "frozen", 10.0, 0)])) == 1

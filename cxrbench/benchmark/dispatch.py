@@ -66,7 +66,7 @@ def pretraining_job(profile: dict, out_dir: str, device: str, threads: int, meth
 
 def cell_job(profile: dict, out_dir: str, device: str, threads: int, cell: Cell) -> int:
     """One job: evaluate one cell with the stored encoder; returns the records written (0 or 1)."""
-    runner = Runner(profile, Path(out_dir), _job_device(device, threads), echo=print)
+    runner = Runner(profile, Path(out_dir), _job_device(device, threads), echo=print, persist_shared=True)
     return len(runner.run([cell]))
 
 

@@ -70,8 +70,12 @@ def plan_cells(methods, datasets, protocols, label_fractions, seeds) -> list[Cel
 
 
 class Runner:
-    def __init__(self, profile: dict, out_dir: Path, device: torch.device, echo: Callable[[str], None] = tqdm.write):
+    def __init__(self, profile: dict, out_dir: Path, device: torch.device, echo: Callable[[str], None] = tqdm.write,
+                 persist_shared: bool = False):
         self.profile = profile
+        # jobs that each run one cell keep what a protocol computes once per encoder (the frozen
+        # probe's features) on disk, so the other cells of that encoder load it
+        self.persist_shared = persist_shared
         self.out_dir = Path(out_dir)
         self.device = device
         self.echo = echo
@@ -238,7 +242,7 @@ class Runner:
         started = time.perf_counter()
         cache_key = (encoder_key, cell.dataset, cell.protocol)
         if cache_key not in shared_cache:
-            shared_cache[cache_key] = protocol.prepare_shared(encoder_state, dataset, self.device)
+            shared_cache[cache_key] = self._prepare_shared(protocol, cell, encoder_key, encoder_state, dataset)
         shared_seconds = time.perf_counter() - started
         config = protocol_config(self.profile, cell.protocol)
         result = protocol.run(encoder_state, dataset, cell.label_fraction, cell.seed, config, self.device, shared_cache[cache_key])
@@ -300,6 +304,19 @@ class Runner:
         )
         return record
 
+
+    def _prepare_shared(self, protocol, cell: Cell, encoder_key: str, encoder_state: dict, dataset: PreparedDataset):
+        path = self.out_dir / "shared" / f"{cell.method}__{encoder_key}__{cell.dataset}__{cell.protocol}.npz"
+        if self.persist_shared and path.is_file():
+            with np.load(path) as stored:
+                return {name: stored[name] for name in stored.files}
+        shared = protocol.prepare_shared(encoder_state, dataset, self.device)
+        storable = isinstance(shared, dict) and shared and all(isinstance(value, np.ndarray) for value in shared.values())
+        if self.persist_shared and storable:
+            buffer = io.BytesIO()
+            np.savez(buffer, **shared)
+            atomic_write_bytes(path, buffer.getvalue())
+        return shared
 
     def _bootstrap_interval(self, predictions: dict) -> dict:
         name, statistic = statistic_from_predictions(predictions)

@@ -158,9 +158,9 @@ def command_run(args) -> int:
     if args.pretrain_dataset:
         _check_choices("pretraining dataset", [args.pretrain_dataset], available_datasets())
         profile["pretrain"]["dataset"] = args.pretrain_dataset
-    for flag, key, value in (("--precision", "precision", args.precision), ("--channels-last", "channels_last", args.channels_last or None),
-                             ("--sync-batchnorm", "sync_batchnorm", args.sync_batchnorm or None), ("--augment-on", "augment_on", args.augment_on)):
-        if value is not None:
+    for key, value in (("precision", args.precision), ("channels_last", args.channels_last or None),
+                       ("sync_batchnorm", args.sync_batchnorm or None), ("augment_on", args.augment_on)):
+        if value is not None:  # a flag that was given overrides the profile
             profile["pretrain"][key] = value
     try:
         TrainingOptions.from_settings(profile["pretrain"])
@@ -257,9 +257,8 @@ def _dispatch_options(args) -> dict:
     jobs = args.jobs if args.jobs is not None else (64 if args.executor == "slurm" else 1)
     if jobs < 1:
         raise CliError(f"--jobs {jobs}: expected at least 1")
-    for flag in ("slurm_gpus", "slurm_cpus"):
-        if getattr(args, flag) < (0 if flag == "slurm_gpus" else 1):
-            raise CliError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive count")
+    if args.slurm_gpus < 0 or args.slurm_cpus < 1:
+        raise CliError(f"--slurm-gpus {args.slurm_gpus} / --slurm-cpus {args.slurm_cpus}: expected 0 or more GPUs and 1 or more CPUs")
     try:
         minutes = parse_slurm_time(args.slurm_time)
     except ValueError as error:
@@ -428,21 +427,21 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--executor", choices=["inline", "local", "slurm"], default="inline",
                       help="inline: this process, one cell after another; local: parallel processes on this machine; "
                            "slurm: SLURM jobs through submitit; default: inline")
-    grid.add_argument("--jobs", type=int, help="jobs at once; default: 1 for local, 64 for slurm")
-    grid.add_argument("--pretrain-processes", type=int, default=1,
+    grid.add_argument("--jobs", type=int, metavar="N", help="jobs at once; default: 1 for local, 64 for slurm")
+    grid.add_argument("--pretrain-processes", type=int, default=1, metavar="P",
                       help="processes (GPUs) of each pretraining job, trained as one DistributedDataParallel run; "
                            "cells always take one; default: 1")
-    grid.add_argument("--slurm-nodes", type=int, default=1, help="nodes of each pretraining job (--pretrain-processes "
+    grid.add_argument("--slurm-nodes", type=int, default=1, metavar="N", help="nodes of each pretraining job (--pretrain-processes "
                                                                    "per node); default: 1")
-    grid.add_argument("--slurm-partition", help="SLURM partition; default: the cluster's")
-    grid.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job; default: 1")
-    grid.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per job; default: 8")
-    grid.add_argument("--slurm-mem-gb", type=int, help="memory per job in GB; default: the partition's")
-    grid.add_argument("--slurm-time", default="24:00:00", help="time limit per job: minutes, H:MM:SS or D-HH:MM:SS; "
+    grid.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition; default: the cluster's")
+    grid.add_argument("--slurm-gpus", type=int, default=1, metavar="G", help="GPUs per cell job (a pretraining job of P processes takes P); default: 1")
+    grid.add_argument("--slurm-cpus", type=int, default=8, metavar="C", help="CPUs per job; default: 8")
+    grid.add_argument("--slurm-mem-gb", type=int, metavar="GB", help="memory per job in GB; default: the partition's")
+    grid.add_argument("--slurm-time", default="24:00:00", metavar="T", help="time limit per job: minutes, H:MM:SS or D-HH:MM:SS; "
                                                                "default: 24:00:00 (also the local executor's limit)")
-    grid.add_argument("--slurm-account", help="SLURM account to charge")
-    grid.add_argument("--slurm-qos", help="SLURM quality of service")
-    grid.add_argument("--slurm-constraint", help="SLURM node constraint, e.g. a100")
+    grid.add_argument("--slurm-account", metavar="NAME", help="SLURM account to charge")
+    grid.add_argument("--slurm-qos", metavar="NAME", help="SLURM quality of service")
+    grid.add_argument("--slurm-constraint", metavar="FEATURE", help="SLURM node constraint, e.g. a100")
     run.set_defaults(handler=command_run)
 
     report = commands.add_parser(

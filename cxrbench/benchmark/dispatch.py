@@ -27,9 +27,6 @@ from tqdm.auto import tqdm
 from cxrbench.benchmark.runner import Cell, Runner
 from cxrbench.methods import get_method
 
-EXECUTORS = ("inline", "local", "slurm")
-
-
 def _job_device(device: str, threads: int):
     """The job's device, resolved where the job runs ("auto" on a SLURM node finds its GPU)."""
     import torch

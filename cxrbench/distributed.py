@@ -26,7 +26,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 class World:
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -41,7 +40,7 @@ def world() -> World:
     """This process's place in the process group (rank 0 of 1 when there is none)."""
     if not (dist.is_available() and dist.is_initialized()):
         return World()
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return World(dist.get_rank(), dist.get_world_size())
 
 
 def init_from_environment(device: torch.device) -> tuple[World, torch.device]:
@@ -55,9 +54,10 @@ def init_from_environment(device: torch.device) -> tuple[World, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    # a long timeout: rank 0 alone exports the encoder and computes its diagnostics while
-    # the others wait at a barrier
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
+    # a long timeout: ranks wait at barriers while rank 0 alone exports an encoder and computes
+    # its diagnostics, and while the rank with one cell more (a paper-profile fine-tune cell
+    # can take hours) finishes it; a rank that fails ends the others through torchrun
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=24))
     return world(), device
 
 
@@ -100,7 +100,7 @@ def gather_with_gradients(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     from lightly.utils.dist import gather
 
-    return torch.cat(gather(tensor), dim=0)
+    return torch.cat(gather(tensor.contiguous()), dim=0)  # NCCL refuses strided (e.g. channels-last) views
 
 
 class ProcessGroupBatchNorm(_BatchNorm):
@@ -122,10 +122,12 @@ class ProcessGroupBatchNorm(_BatchNorm):
         if not (self.training and world().distributed):
             return super().forward(input)
         dims = [0] + list(range(2, input.dim()))
-        count = torch.tensor([input.numel() / input.shape[1]], dtype=input.dtype, device=input.device)
-        local = torch.cat([input.sum(dims), (input * input).sum(dims), count])
+        # statistics in float32 whatever the autocast dtype: E[x^2] - E[x]^2 in bf16 loses the variance
+        values = input.float()
+        count = torch.tensor([values.numel() / values.shape[1]], dtype=values.dtype, device=values.device)
+        local = torch.cat([values.sum(dims), (values * values).sum(dims), count])
         total = gather_with_gradients(local[None]).sum(dim=0)
-        channels = input.shape[1]
+        channels = values.shape[1]
         n = total[-1]
         mean = total[:channels] / n
         var = (total[channels : 2 * channels] / n - mean * mean).clamp_min(0)
@@ -135,11 +137,11 @@ class ProcessGroupBatchNorm(_BatchNorm):
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
                 self.running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / (n - 1))
-        shape = [1, channels] + [1] * (input.dim() - 2)
-        output = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        shape = [1, channels] + [1] * (values.dim() - 2)
+        output = (values - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             output = output * self.weight.view(shape) + self.bias.view(shape)
-        return output
+        return output.to(input.dtype)
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:

@@ -118,8 +118,9 @@ def test_bad_slurm_times_are_refused(text):
         parse_slurm_time(text)
 
 
-def test_ctrl_c_cancels_the_running_jobs(tmp_path):
-    """SIGINT to the dispatching process: its local jobs (submitit's job id is their pid) end too."""
+@pytest.mark.parametrize("signal_name, exit_code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_or_sigterm_cancels_the_running_jobs(tmp_path, signal_name, exit_code):
+    """SIGINT or SIGTERM to the dispatching process: its local jobs (submitit's job id is their pid) end too."""
     import signal
     import time
 
@@ -132,9 +133,9 @@ def test_ctrl_c_cancels_the_running_jobs(tmp_path):
         time.sleep(0.5)
     time.sleep(3)  # the pretraining job is under way
     pid = int(next(jobs.glob("*_submitted.pkl")).name.split("_")[0])
-    driver.send_signal(signal.SIGINT)
-    _, stderr = driver.communicate(timeout=120)
-    assert driver.returncode == 130 and "resume" in stderr
+    driver.send_signal(getattr(signal, signal_name))
+    stdout, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == exit_code and "resume" in stdout + stderr
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

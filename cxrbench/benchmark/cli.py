@@ -7,8 +7,10 @@ bad value and the valid choices, exit code 2, and no files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -212,9 +214,11 @@ def command_run(args) -> int:
     else:
         from cxrbench.benchmark.dispatch import Executors, dispatch
 
-        executors = Executors(args.executor, out_dir / "jobs", dispatch_options["slurm"], args.pretrain_processes)
-        outcome = dispatch(runner, cells, executors, jobs=dispatch_options["jobs"], device=args.device,
-                           threads=dispatch_options["threads"], gpu_count=dispatch_options["gpu_count"])
+        # each job resolves --device where it runs (a SLURM login node has no GPU)
+        executors = Executors(args.executor, out_dir / "jobs", dispatch_options["slurm"], args.pretrain_processes,
+                              device=args.device, local_gpus=dispatch_options["gpu_count"], threads=dispatch_options["threads"])
+        with _signals_as_exit():
+            outcome = dispatch(runner, cells, executors, jobs=dispatch_options["jobs"])
         written, missing, failures = outcome.written, outcome.missing, outcome.failures
     if not world.is_main:
         return 0
@@ -230,6 +234,20 @@ def command_run(args) -> int:
         print(f"bench run: {len(failures)} job(s) failed or not run; the same command re-runs only what has no record", file=sys.stderr)
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def _signals_as_exit():
+    """SIGTERM and SIGHUP (a closed login session) end the dispatcher like Ctrl-C: its jobs are cancelled."""
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = {signum: signal.signal(signum, leave) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _dispatch_options(args) -> dict:

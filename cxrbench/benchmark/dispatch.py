@@ -98,11 +98,23 @@ class SlurmOptions:
 
 class Executors:
     """Two submitit executors on one folder: pretraining jobs (possibly several processes,
-    GPUs and nodes) and evaluation-cell jobs (one process)."""
+    GPUs and nodes) and evaluation-cell jobs (one process); ``submit`` hands each its GPUs.
 
-    def __init__(self, kind: str, folder: Path, slurm: SlurmOptions, pretrain_processes: int = 1):
+    On SLURM the scheduler gives each job its GPUs. Local jobs see no GPU unless told
+    (submitit sets ``CUDA_VISIBLE_DEVICES`` from ``visible_gpus``): a job in concurrency slot
+    s gets GPU s mod G, a pretraining job of P processes P consecutive GPUs from there.
+    """
+
+    def __init__(self, kind: str, folder: Path, slurm: SlurmOptions, pretrain_processes: int = 1,
+                 device: str = "auto", local_gpus: int = 0, threads: int = 0):
+        self.kind, self.device, self.threads = kind, device, threads
+        self.pretrain_processes = pretrain_processes
+        self.local_gpus = local_gpus if kind == "local" and device in ("auto", "cuda") else 0
         self.pretraining = self._make(kind, folder, slurm, processes=pretrain_processes, nodes=slurm.nodes)
         self.cells = self._make(kind, folder, slurm, processes=1, nodes=1)
+        if kind == "slurm":
+            # one failed task ends the job's other tasks instead of leaving them in a collective
+            self.pretraining.update_parameters(slurm_srun_args=["--kill-on-bad-exit=1"])
 
     @staticmethod
     def _make(kind: str, folder: Path, slurm: SlurmOptions, processes: int, nodes: int):
@@ -123,6 +135,21 @@ class Executors:
         )
         return executor
 
+    def submit(self, kind: str, slot: int, runner: Runner, payload):
+        """Submit one pretraining (``payload`` = method) or cell (``payload`` = Cell) job."""
+        processes = self.pretrain_processes if kind == "pretrain" else 1
+        executor = self.pretraining if kind == "pretrain" else self.cells
+        device = self.device
+        if self.local_gpus:
+            first = slot * processes
+            gpus = [(first + index) % self.local_gpus for index in range(processes)]
+            executor.update_parameters(gpus_per_node=processes, visible_gpus=gpus)
+            device = "cuda"  # the job sees only its own GPUs; a DDP task takes its local rank's
+        # CPU threads: this machine's cores shared out between the jobs and their processes
+        threads = max(1, self.threads // processes) if self.threads else 0
+        function = pretraining_job if kind == "pretrain" else cell_job
+        return executor.submit(function, runner.profile, str(runner.out_dir), device, threads, payload)
+
 
 @dataclass
 class DispatchResult:
@@ -131,12 +158,9 @@ class DispatchResult:
     missing: dict[str, str] = field(default_factory=dict)  # method -> why its cells were not run
 
 
-def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: int, device: str, threads: int,
-             gpu_count: int = 0, poll_seconds: float = 1.0, echo: Callable[[str], None] = tqdm.write) -> DispatchResult:
-    """Run ``cells`` as jobs on ``executors``, at most ``jobs`` at a time; pretraining first.
-
-    ``device`` is the user's request ("auto", "cpu", "cuda", "cuda:N"), resolved in each job.
-    """
+def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: int,
+             poll_seconds: float = 1.0, echo: Callable[[str], None] = tqdm.write) -> DispatchResult:
+    """Run ``cells`` as jobs on ``executors``, at most ``jobs`` at a time; pretraining first."""
     result = DispatchResult()
     runner.claim_out_dir()
     pending = [cell for cell in cells if not runner.cell_path(cell).is_file()]
@@ -165,13 +189,7 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
             while ready and free_slots:
                 kind, payload = ready.popleft()
                 slot = free_slots.pop(0)
-                # local jobs on a machine with several GPUs: one GPU per concurrent job
-                job_device = f"cuda:{slot % gpu_count}" if gpu_count and device in ("auto", "cuda") else device
-                if kind == "pretrain":
-                    job = executors.pretraining.submit(pretraining_job, runner.profile, str(runner.out_dir), job_device, threads, payload)
-                else:
-                    job = executors.cells.submit(cell_job, runner.profile, str(runner.out_dir), job_device, threads, payload)
-                running[job] = (kind, payload, slot)
+                running[executors.submit(kind, slot, runner, payload)] = (kind, payload, slot)
             time.sleep(poll_seconds)
             for job in [job for job in running if job.done()]:
                 kind, payload, slot = running.pop(job)
@@ -195,8 +213,10 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
                     ready.extend(("cell", cell) for cell in waiting.pop(payload, []))
                 else:
                     result.written += int(outcome)
-    except KeyboardInterrupt:
-        # jobs of this run would otherwise go on (SLURM) or be orphaned; what finished has its records
+    except BaseException:
+        # Ctrl-C, SIGTERM/SIGHUP (turned into SystemExit by the CLI) or an error while polling:
+        # the jobs of this run would otherwise go on (SLURM) or be orphaned; finished cells keep
+        # their records and a cut-off pretraining its checkpoints
         for job in running:
             job.cancel(check=False)
         echo(f"interrupted: {len(running)} running job(s) cancelled; the same command resumes")

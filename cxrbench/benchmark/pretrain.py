@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrbench.benchmark.records import atomic_torch_save
-from cxrbench.distributed import World, average_across_processes, barrier, convert_sync_batchnorm
+from cxrbench.distributed import World, average_across_processes, barrier, convert_sync_batchnorm, sum_across_processes
 from cxrbench.distributed import world as current_world
 from cxrbench.datasets.prepared import PreparedDataset
 from cxrbench.methods.base import Method
@@ -149,8 +149,11 @@ class StepRunner:
     def __call__(self, views: list[torch.Tensor], optimizer: torch.optim.Optimizer, step: int) -> tuple[torch.Tensor, dict]:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
             loss, logs = self.model(views)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.method.name}: non-finite loss {loss.item()} at step {step}")
+        # decided together: a rank that stopped alone would leave the others in a collective
+        non_finite = sum_across_processes(int(not torch.isfinite(loss)))
+        if non_finite:
+            raise FloatingPointError(f"{self.method.name}: non-finite loss at step {step} "
+                                     f"(this process: {loss.item()}; {non_finite} of {self.world.size} process(es))")
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -224,6 +227,10 @@ def pretrain(
     order = torch.randperm(len(images), generator=order_generator)
     position, first_step, seconds_before = 0, 0, 0.0
     resumed = latest_checkpoint(checkpoint_dir)
+    found = _gather_objects(resumed["step"] if resumed is not None else None)
+    if len(set(found)) > 1:  # e.g. a rank that could not read the newest file on its node
+        raise RuntimeError(f"{checkpoint_dir}: the processes found checkpoints of different steps {found}; "
+                           f"remove the unreadable one(s) and start again")
     if resumed is not None:
         if resumed["total_steps"] != total_steps or resumed["batch_size"] != batch_size or resumed.get("world_size", 1) != world.size:
             raise ValueError(f"{checkpoint_dir}: checkpoint of another schedule ({resumed['total_steps']} steps of "

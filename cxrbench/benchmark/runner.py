@@ -208,7 +208,9 @@ class Runner:
         by_method: dict[str, list[Cell]] = {}
         for cell in pending:
             by_method.setdefault(cell.method, []).append(cell)
-        progress = tqdm(total=len(pending), desc="cells", unit="cell", disable=None if world().is_main else True)
+        # this rank's share of each method's cells (all of them in one process)
+        mine = {method: method_cells[world().rank :: world().size] for method, method_cells in by_method.items()}
+        progress = tqdm(total=sum(map(len, mine.values())), desc="cells", unit="cell", disable=None if world().is_main else True)
         for method_name, method_cells in by_method.items():
             method_cls = get_method(method_name)
             reason = method_cls.unavailable_reason(self.hyperparameters(method_name))
@@ -216,16 +218,16 @@ class Runner:
                 # reported, never silently replaced: the table shows these cells as missing
                 self.missing[method_name] = reason
                 self.echo(f"{method_name}: {len(method_cells)} cell(s) not run: {reason}")
-                progress.update(len(method_cells))
+                progress.update(len(mine[method_name]))
                 continue
             if method_cls.pretrains:
                 pretrained_state, pretrain_record = self.pretrained_encoder(method_name)
             else:
                 pretrained_state, pretrain_record = None, None
             shared_cache: dict = {}
-            for cell in method_cells[world().rank :: world().size]:
+            for cell in mine[method_name]:
                 written.append(self._run_cell(cell, method_cls, pretrained_state, pretrain_record, shared_cache))
-                progress.update(world().size)
+                progress.update(1)
         progress.close()
         barrier()  # the run is over when every rank's cells are
         return written
@@ -234,7 +236,10 @@ class Runner:
         protocol = PROTOCOLS[cell.protocol]
         dataset = self.dataset(cell.dataset)
         if pretrained_state is not None:
-            encoder_state, encoder_key = pretrained_state, "pretrained"
+            # the pretraining's creation time names this encoder: features stored for an earlier
+            # pretraining of the same method are never taken for this one's
+            encoder_state = pretrained_state
+            encoder_key = "pretrained-" + hashlib.sha1(pretrain_record["created"].encode()).hexdigest()[:10]
         else:
             # no pretraining stage: the encoder is the method's initialisation, drawn per seed
             torch.manual_seed(cell.seed)

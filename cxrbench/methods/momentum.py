@@ -45,8 +45,9 @@ def shuffle_bn_forward(forward: Callable, images: torch.Tensor, splits: int):
         shuffled, restore = batch_shuffle_distributed(images)
         output = forward(shuffled)
         if isinstance(output, torch.Tensor):
-            return batch_unshuffle_distributed(output, restore)
-        return tuple(batch_unshuffle_distributed(part, restore) for part in output)
+            return batch_unshuffle_distributed(output.contiguous(), restore)
+        # contiguous: NCCL refuses strided tensors (channels-last feature maps, flattened)
+        return tuple(batch_unshuffle_distributed(part.contiguous(), restore) for part in output)
     if splits <= 1:
         return forward(images)
     order = torch.randperm(images.shape[0], device=images.device)

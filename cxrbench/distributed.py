@@ -81,6 +81,15 @@ def average_across_processes(values: dict[str, float]) -> dict[str, float]:
     return {key: value / world().size for key, value in zip(keys, stacked.tolist())}
 
 
+def gather_objects(value) -> list:
+    """``value`` of every rank, in rank order (a list of one in a single process)."""
+    if not world().distributed:
+        return [value]
+    values = [None] * world().size
+    dist.all_gather_object(values, value)
+    return values
+
+
 def sum_across_processes(count: int) -> int:
     if not world().distributed:
         return count

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrbench.benchmark.records import atomic_torch_save
-from cxrbench.distributed import World, average_across_processes, barrier, convert_sync_batchnorm, sum_across_processes
+from cxrbench.distributed import World, average_across_processes, barrier, convert_sync_batchnorm, gather_objects
 from cxrbench.distributed import world as current_world
 from cxrbench.datasets.prepared import PreparedDataset
 from cxrbench.methods.base import Method
@@ -149,11 +149,12 @@ class StepRunner:
     def __call__(self, views: list[torch.Tensor], optimizer: torch.optim.Optimizer, step: int) -> tuple[torch.Tensor, dict]:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
             loss, logs = self.model(views)
-        # decided together: a rank that stopped alone would leave the others in a collective
-        non_finite = sum_across_processes(int(not torch.isfinite(loss)))
-        if non_finite:
+        # one all-reduce per step carries the logs and the finiteness check, which every rank
+        # decides together: a rank that stopped alone would leave the others in a collective
+        logs = average_across_processes({**logs, "non_finite": float(not torch.isfinite(loss))})
+        if logs.pop("non_finite") > 0:
             raise FloatingPointError(f"{self.method.name}: non-finite loss at step {step} "
-                                     f"(this process: {loss.item()}; {non_finite} of {self.world.size} process(es))")
+                                     f"(this process: {loss.item()}, of {self.world.size} process(es))")
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -162,16 +163,7 @@ class StepRunner:
         else:
             loss.backward()
             optimizer.step()
-        return loss, average_across_processes(logs)
-
-
-def _gather_objects(value) -> list:
-    """``value`` of every rank, in rank order (a list of one in a single process)."""
-    if not current_world().distributed:
-        return [value]
-    values = [None] * current_world().size
-    torch.distributed.all_gather_object(values, value)
-    return values
+        return loss, logs
 
 
 def pretrain(
@@ -227,7 +219,7 @@ def pretrain(
     order = torch.randperm(len(images), generator=order_generator)
     position, first_step, seconds_before = 0, 0, 0.0
     resumed = latest_checkpoint(checkpoint_dir)
-    found = _gather_objects(resumed["step"] if resumed is not None else None)
+    found = gather_objects(resumed["step"] if resumed is not None else None)
     if len(set(found)) > 1:  # e.g. a rank that could not read the newest file on its node
         raise RuntimeError(f"{checkpoint_dir}: the processes found checkpoints of different steps {found}; "
                            f"remove the unreadable one(s) and start again")
@@ -277,7 +269,7 @@ def pretrain(
             epoch_logs = {}
             if checkpoint_dir is not None and step + 1 < total_steps:
                 # every rank's random state, so each continues its own stream of views
-                ranks = _gather_objects({
+                ranks = gather_objects({
                     "view_generator": view_generator.get_state(), "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 })

@@ -109,6 +109,12 @@ class BestOnValidation:
                 "total_steps": total_steps, "steps_run": steps_run}
 
 
+def frozen_evaluation_epochs(epochs: int) -> set[int]:
+    """The epochs after which the linear probe is scored on validation: 20 evenly spaced, and the last."""
+    every = max(1, epochs // 20)
+    return {epoch for epoch in range(1, epochs + 1) if epoch % every == 0} | {epochs}
+
+
 class FrozenProtocol:
     """Linear probe on frozen features.
 
@@ -147,7 +153,7 @@ class FrozenProtocol:
                 layer.bias.zero_()
             optimizer = torch.optim.Adam(layer.parameters(), lr=learning_rate, weight_decay=config["weight_decay"])
             batch_size = config["batch_size"]
-            eval_every = max(1, config["epochs"] // 20)
+            evaluated = frozen_evaluation_epochs(config["epochs"])
             for epoch in range(1, config["epochs"] + 1):
                 order = torch.randperm(len(train), generator=generator)
                 for start in range(0, len(train), batch_size):
@@ -156,7 +162,7 @@ class FrozenProtocol:
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
-                if epoch % eval_every == 0 or epoch == config["epochs"]:
+                if epoch in evaluated:
                     with torch.no_grad():
                         val_scores = layer(x_val).numpy()
                     score = auroc_per_class(y_val, val_scores, dataset.label_columns)["mean_auroc"] or 0.0

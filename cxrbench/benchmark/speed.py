@@ -121,7 +121,7 @@ def frozen_cache_benchmark(profile: dict, dataset_name: str = "phantom-nih", dev
     profile's 200 epochs x 3 rates; each part is timed here and multiplied out.
     """
     from cxrbench.benchmark.protocol_registry import PROTOCOLS, protocol_config
-    from cxrbench.benchmark.protocols import load_encoder, predict
+    from cxrbench.benchmark.protocols import frozen_evaluation_epochs, load_encoder, predict
     from cxrbench.datasets import DATASETS
     from cxrbench.methods import get_method
 
@@ -143,7 +143,7 @@ def frozen_cache_benchmark(profile: dict, dataset_name: str = "phantom-nih", dev
     val_pass = _best_of(lambda: predict(encoder, dataset.images[val], torch_device), 2)
     test_pass = _best_of(lambda: predict(encoder, dataset.images[test], torch_device), 1)
     rates, epochs = len(config["learning_rates"]), int(config["epochs"])
-    evaluations = len({epoch for epoch in range(1, epochs + 1) if epoch % max(1, epochs // 20) == 0} | {epochs})
+    evaluations = len(frozen_evaluation_epochs(epochs))
     head_seconds = cached_seconds - features_seconds
     recomputed_seconds = rates * (epochs * train_pass + evaluations * val_pass) + test_pass + head_seconds
     return {"dataset": dataset_name, "train_images": int(len(train)), "val_images": int(len(val)),

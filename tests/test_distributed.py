@@ -50,8 +50,7 @@ def _train_steps(name: str, views_per_step: list[list[torch.Tensor]], rank: int,
     losses = []
     for step, views in enumerate(views_per_step):
         local = [view[rank * share : (rank + 1) * share] for view in views]
-        _, logs = step_runner(local, optimizer, step)  # logs are averaged over the processes
-        method.after_optimizer_step((step + 1) / STEPS)
+        _, logs = step_runner(local, optimizer, step, progress=(step + 1) / STEPS)  # logs are averaged over the processes
         losses.append(logs["loss"])
     return losses
 

@@ -19,7 +19,7 @@ def _two_steps(name: str, options: TrainingOptions) -> tuple[list[float], torch.
     views = method.make_views(images, generator=torch.Generator().manual_seed(1))
     step_runner = StepRunner(method, torch.device("cpu"), options)
     optimizer = method.build_optimizer(8)
-    losses = [step_runner(views, optimizer, step)[1]["loss"] for step in range(2)]
+    losses = [step_runner(views, optimizer, step, progress=0.5)[1]["loss"] for step in range(2)]
     return losses, method
 
 
@@ -48,3 +48,30 @@ def test_bf16_autocast_trains_close_to_fp32(name):
 def test_bad_training_options_are_named(settings, named):
     with pytest.raises(ValueError, match=named):
         TrainingOptions.from_settings(settings)
+
+
+def _encoder_weights(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [parameter.detach().clone() for parameter in module.parameters()]
+
+
+def test_fp16_step_skipped_by_the_gradient_scaler_leaves_the_momentum_encoder_alone():
+    images = torch.randint(0, 256, (8, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    method = get_method("mocov2")(method_hyperparameters(load_profile("smoke"), "mocov2")).train()
+    views = method.make_views(images, generator=torch.Generator().manual_seed(1))
+    step_runner = StepRunner(method, torch.device("cpu"), TrainingOptions(precision="fp16"))
+    optimizer = method.build_optimizer(8)
+    # a first step the scaler takes (scale 1 cannot overflow) moves the online encoder away from the
+    # momentum one, so that a momentum update after a skipped step would show
+    step_runner.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    momentum_before = _encoder_weights(method.key_encoder)
+    step_runner(views, optimizer, 0, progress=0.5)
+    assert any(not torch.equal(a, b) for a, b in zip(momentum_before, _encoder_weights(method.key_encoder)))
+    # a scale of 2^100 overflows every fp16 gradient: the scaler skips the step
+    step_runner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)
+    online, momentum = _encoder_weights(method.encoder), _encoder_weights(method.key_encoder)
+    assert any(not torch.equal(a, b) for a, b in zip(online, momentum))
+    step_runner(views, optimizer, 1, progress=0.5)
+    assert step_runner.scaler.get_scale() < 2.0**100  # it did skip
+    assert all(torch.equal(a, b) for a, b in zip(online, _encoder_weights(method.encoder)))
+    assert all(torch.equal(a, b) for a, b in zip(momentum, _encoder_weights(method.key_encoder)))

@@ -146,7 +146,9 @@ class StepRunner:
         self.autocast_dtype = PRECISIONS[options.precision]
         self.scaler = torch.amp.GradScaler(device.type) if options.precision == "fp16" else None
 
-    def __call__(self, views: list[torch.Tensor], optimizer: torch.optim.Optimizer, step: int) -> tuple[torch.Tensor, dict]:
+    def __call__(self, views: list[torch.Tensor], optimizer: torch.optim.Optimizer, step: int, progress: float) -> tuple[torch.Tensor, dict]:
+        """Forward, backward and optimiser step, then the method's ``after_optimizer_step(progress)``
+        (momentum encoders, schedules) unless fp16's gradient scaler skipped the step."""
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
             loss, logs = self.model(views)
         # one all-reduce per step carries the logs and the finiteness check, which every rank
@@ -157,12 +159,20 @@ class StepRunner:
                                      f"(this process: {loss.item()}, of {self.world.size} process(es))")
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
+            scale = self.scaler.get_scale()
             self.scaler.scale(loss).backward()
             self.scaler.step(optimizer)
             self.scaler.update()
+            # the scaler lowers its scale exactly when the gradients overflowed and it skipped the
+            # step; a momentum encoder must then stay put too, or it drifts towards weights that
+            # did not change (DDP's averaged gradients make every rank decide alike)
+            stepped = self.scaler.get_scale() >= scale
         else:
             loss.backward()
             optimizer.step()
+            stepped = True
+        if stepped:
+            self.method.after_optimizer_step(progress)
         return loss, logs
 
 
@@ -257,8 +267,7 @@ def pretrain(
             group["lr"] = peak if group.get("fixed_lr") else peak * factor
         views = method.make_views(batch, generator=view_generator if views_on.type == "cpu" else None)
         views = [view.to(device, non_blocking=True) for view in views]
-        loss, logs = step_runner(views, optimizer, step)
-        method.after_optimizer_step((step + 1) / total_steps)
+        loss, logs = step_runner(views, optimizer, step, progress=(step + 1) / total_steps)
         for key, value in logs.items():
             epoch_logs.setdefault(key, []).append(float(value))
         bar.set_postfix(loss=f"{logs.get('loss', loss.item()):.4f}")

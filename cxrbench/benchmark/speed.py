@@ -96,8 +96,7 @@ def pretraining_benchmark(profile: dict, repeats: int = 2, device: str = "cpu", 
         optimizer = method.build_optimizer(batch)
 
         def step():
-            step_runner(method.make_views(images), optimizer, 0)
-            method.after_optimizer_step(0.5)
+            step_runner(method.make_views(images), optimizer, 0, progress=0.5)
             if device != "cpu":
                 torch.cuda.synchronize()
 

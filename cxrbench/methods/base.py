@@ -123,7 +123,9 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def after_optimizer_step(self, progress: float) -> None:
-        """Called after every optimiser step with progress in [0, 1]; default: nothing."""
+        """Called after every optimiser step taken, with progress in [0, 1]; default: nothing.
+
+        Not called after a step that fp16's gradient scaler skipped (overflowing gradients)."""
 
 
 def split_weight_decay(module: nn.Module, weight_decay: float) -> list[dict]:

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from cxrbench.benchmark.lease import PretrainingInProgress
+
 EXIT_USAGE = 2
 
 
@@ -535,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as error:
         print(f"bench {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except PretrainingInProgress as error:  # not a usage error: the same command works once the other run ends
+        print(f"bench {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"bench {args.command}: interrupted; finished cells keep their records, re-run to resume", file=sys.stderr)
         return 130

@@ -167,6 +167,7 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
     if len(pending) < len(cells):
         echo(f"{len(cells) - len(pending)} of {len(cells)} cells already have a record in {runner.out_dir}: skipped")
     waiting: dict[str, list[Cell]] = {}  # method -> cells held back until its encoder is stored
+    watched: set[str] = set()  # methods pretrained by a process this run did not start
     ready: deque = deque()
     for cell in pending:
         waiting.setdefault(cell.method, []).append(cell)
@@ -178,14 +179,18 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
             echo(f"{method}: {len(waiting.pop(method))} cell(s) not run: {reason}")
         elif not method_cls.pretrains or runner.encoder_is_stored(method):
             ready.extend(("cell", cell) for cell in waiting.pop(method))
+        elif (holder := runner.pretraining_holder(method)) is not None:
+            # e.g. the job of a dispatcher that was killed: submitting it again would train twice
+            watched.add(method)
+            echo(f"{method}: its pretraining is running already ({holder.describe()}); waiting for its encoder")
         else:
             ready.appendleft(("pretrain", method))  # pretraining jobs go first: the most work waits on them
-    total = len(ready) + sum(len(held) for held in waiting.values())
+    total = len(ready) + len(watched) + sum(len(held) for held in waiting.values())
     progress = tqdm(total=total, desc="jobs", unit="job", disable=None)
     running: dict = {}  # submitit job -> (kind, payload, slot)
     free_slots = list(range(jobs))
     try:
-        while ready or running:
+        while ready or running or watched:
             while ready and free_slots:
                 kind, payload = ready.popleft()
                 slot = free_slots.pop(0)
@@ -213,6 +218,17 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
                     ready.extend(("cell", cell) for cell in waiting.pop(payload, []))
                 else:
                     result.written += int(outcome)
+            for method in sorted(watched):
+                if runner.encoder_is_stored(method):
+                    watched.discard(method)
+                    progress.update(1)
+                    echo(f"pretrained {method} (by the process that held its pretraining)")
+                    ready.extend(("cell", cell) for cell in waiting.pop(method, []))
+                elif runner.pretraining_holder(method) is None:
+                    watched.discard(method)
+                    echo(f"{method}: the pretraining it waited for stopped without an encoder; submitted again "
+                         f"(it resumes from its last checkpoint)")
+                    ready.appendleft(("pretrain", method))
     except BaseException:
         # Ctrl-C, SIGTERM/SIGHUP (turned into SystemExit by the CLI) or an error while polling:
         # the jobs of this run would otherwise go on (SLURM) or be orphaned; finished cells keep

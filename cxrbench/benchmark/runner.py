@@ -13,6 +13,7 @@ on a method's or a protocol's name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -27,12 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrbench.benchmark.diagnostics import encoder_diagnostics, relative_change
+from cxrbench.benchmark.lease import LeaseHolder, PretrainingInProgress, PretrainingLease, live_holder
 from cxrbench.benchmark.pretrain import TrainingOptions, pretrain
 from cxrbench.benchmark.protocol_registry import PROTOCOLS, protocol_config
 from cxrbench.benchmark.statistics import bootstrap_interval, statistic_from_predictions
 from cxrbench.benchmark.records import atomic_torch_save, atomic_write_bytes, atomic_write_json, environment, now, read_json
 from cxrbench.datasets import DATASETS, PreparedDataset
-from cxrbench.distributed import barrier, world
+from cxrbench.distributed import barrier, sum_across_processes, world
 from cxrbench.methods import get_method
 from cxrbench.methods.base import Method
 
@@ -131,6 +133,10 @@ class Runner:
         directory = self.pretrain_dir(method_name, self.profile["pretrain"]["dataset"])
         return (directory / "record.json").is_file() and (directory / "encoder.pth").is_file()
 
+    def pretraining_holder(self, method_name: str) -> LeaseHolder | None:
+        """The live process pretraining this method into this output directory, if any."""
+        return live_holder(self.pretrain_dir(method_name, self.profile["pretrain"]["dataset"]))
+
     def pretrained_encoder(self, method_name: str) -> tuple[dict, dict]:
         """Pretrain once (or reuse the stored encoder); returns (state dict, pretrain record)."""
         settings = self.profile["pretrain"]
@@ -139,20 +145,39 @@ class Runner:
         if record_path.is_file() and encoder_path.is_file():
             return torch.load(encoder_path, map_location="cpu", weights_only=True), read_json(record_path)
         seed = int(settings.get("seed", 0))
-        torch.manual_seed(seed)  # the initialisation is reproducible, and is what the diagnostics compare to
-        method = self.build_method(method_name)
-        dataset = self.dataset(settings["dataset"])
-        result = pretrain(
-            method, dataset,
-            batch_size=int(settings["batch_size"]), epochs=float(settings["epochs"]),
-            max_steps=settings.get("max_steps"), seed=seed, device=self.device,
-            description=f"pretrain {method_name}", checkpoint_dir=directory / "checkpoints",
-            options=TrainingOptions.from_settings(settings),
-        )
-        if world().is_main:
-            self._store_pretraining(method_name, method, dataset, seed, result, directory)
-        barrier()  # under torchrun the other ranks read what rank 0 wrote
+        with self._pretraining_lease(directory):
+            torch.manual_seed(seed)  # the initialisation is reproducible, and is what the diagnostics compare to
+            method = self.build_method(method_name)
+            dataset = self.dataset(settings["dataset"])
+            result = pretrain(
+                method, dataset,
+                batch_size=int(settings["batch_size"]), epochs=float(settings["epochs"]),
+                max_steps=settings.get("max_steps"), seed=seed, device=self.device,
+                description=f"pretrain {method_name}", checkpoint_dir=directory / "checkpoints",
+                options=TrainingOptions.from_settings(settings),
+            )
+            if world().is_main:
+                self._store_pretraining(method_name, method, dataset, seed, result, directory)
+            barrier()  # under torchrun the other ranks read what rank 0 wrote
         return torch.load(encoder_path, map_location="cpu", weights_only=True), read_json(record_path)
+
+    @contextlib.contextmanager
+    def _pretraining_lease(self, directory: Path):
+        """Rank 0 holds the directory's lease while it pretrains; every rank stops if it cannot."""
+        lease, refusal = (PretrainingLease(directory), None) if world().is_main else (None, None)
+        if lease is not None:
+            try:
+                lease.acquire()
+            except PretrainingInProgress as error:
+                refusal = error
+        # decided together: a rank that went on alone would wait for the others in a collective
+        if sum_across_processes(int(refusal is not None)):
+            raise refusal or PretrainingInProgress(f"{directory}: rank 0 found another process pretraining it")
+        try:
+            yield
+        finally:
+            if lease is not None:
+                lease.release()
 
     def _store_pretraining(self, method_name: str, method: Method, dataset: PreparedDataset, seed: int, result, directory: Path) -> None:
         settings = self.profile["pretrain"]

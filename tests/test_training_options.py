@@ -11,13 +11,15 @@ from cxrbench.benchmark.runner import method_hyperparameters
 from cxrbench.methods import get_method
 
 
-def _two_steps(name: str, options: TrainingOptions) -> tuple[list[float], torch.nn.Module]:
+def _two_steps(name: str, options: TrainingOptions, fp16_init_scale: float | None = None) -> tuple[list[float], torch.nn.Module]:
     images = torch.randint(0, 256, (8, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     method = get_method(name)(method_hyperparameters(load_profile("smoke"), name))
     method.train()
     views = method.make_views(images, generator=torch.Generator().manual_seed(1))
     step_runner = StepRunner(method, torch.device("cpu"), options)
+    if fp16_init_scale is not None:
+        step_runner.scaler = torch.amp.GradScaler("cpu", init_scale=fp16_init_scale)
     optimizer = method.build_optimizer(8)
     losses = [step_runner(views, optimizer, step, progress=0.5)[1]["loss"] for step in range(2)]
     return losses, method
@@ -39,6 +41,18 @@ def test_bf16_autocast_trains_close_to_fp32(name):
     assert losses == pytest.approx(reference, rel=2e-2)
     assert losses != reference  # autocast did run the forward in bf16
     assert all(parameter.dtype == torch.float32 for parameter in method.parameters())  # master weights stay fp32
+
+
+@pytest.mark.parametrize("name", ["vicreg", "optiml"])
+def test_fp16_autocast_with_its_gradient_scaler_trains_close_to_fp32(name):
+    reference, _ = _two_steps(name, TrainingOptions())
+    # the default initial scale (2^16) overflows these losses' first gradients, and the scaler then
+    # skips that step as designed; 2^8 does not, so both steps are taken and comparable
+    losses, method = _two_steps(name, TrainingOptions(precision="fp16"), fp16_init_scale=2.0**8)
+    assert losses == pytest.approx(reference, rel=2e-2)
+    assert losses != reference  # autocast did run the forward in fp16
+    assert losses[1] != losses[0]  # the first step was taken
+    assert all(parameter.dtype == torch.float32 for parameter in method.parameters())
 
 
 @pytest.mark.parametrize(

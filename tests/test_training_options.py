@@ -77,9 +77,11 @@ def test_fp16_step_skipped_by_the_gradient_scaler_leaves_the_momentum_encoder_al
     optimizer = method.build_optimizer(8)
     # a first step the scaler takes (scale 1 cannot overflow) moves the online encoder away from the
     # momentum one, so that a momentum update after a skipped step would show
-    step_runner.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    # (growth_interval=1: the scale grows after this step, which must count as a step taken)
+    step_runner.scaler = torch.amp.GradScaler("cpu", init_scale=1.0, growth_interval=1)
     momentum_before = _encoder_weights(method.key_encoder)
     step_runner(views, optimizer, 0, progress=0.5)
+    assert step_runner.scaler.get_scale() == 2.0
     assert any(not torch.equal(a, b) for a, b in zip(momentum_before, _encoder_weights(method.key_encoder)))
     # a scale of 2^100 overflows every fp16 gradient: the scaler skips the step
     step_runner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from cxrbench.benchmark.lease import PretrainingInProgress
+from cxrbench.benchmark.lease import PretrainingInProgressError
 
 EXIT_USAGE = 2
 
@@ -537,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as error:
         print(f"bench {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except PretrainingInProgress as error:  # not a usage error: the same command works once the other run ends
+    except PretrainingInProgressError as error:  # not a usage error: the same command works once the other run ends
         print(f"bench {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

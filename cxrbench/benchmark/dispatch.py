@@ -179,10 +179,10 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
             echo(f"{method}: {len(waiting.pop(method))} cell(s) not run: {reason}")
         elif not method_cls.pretrains or runner.encoder_is_stored(method):
             ready.extend(("cell", cell) for cell in waiting.pop(method))
-        elif (holder := runner.pretraining_holder(method)) is not None:
+        elif (holder := _pretraining_holder(runner, method)) is not None:
             # e.g. the job of a dispatcher that was killed: submitting it again would train twice
             watched.add(method)
-            echo(f"{method}: its pretraining is running already ({holder.describe()}); waiting for its encoder")
+            echo(f"{method}: its pretraining is running already ({holder}); waiting for its encoder")
         else:
             ready.appendleft(("pretrain", method))  # pretraining jobs go first: the most work waits on them
     total = len(ready) + len(watched) + sum(len(held) for held in waiting.values())
@@ -206,6 +206,13 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
                     outcome = job.results()[0]  # a job of several tasks (DDP pretraining) has one result each
                 except Exception as error:  # the job's traceback is in its log; one line here
                     reason = _exception_line(error)
+                    if kind == "pretrain" and "PretrainingInProgressError" in reason and _pretraining_holder(runner, payload):
+                        # another process took the lease first (a job this run's earlier dispatcher
+                        # left queued, say): its encoder serves these cells as well
+                        watched.add(payload)
+                        progress.total += 1
+                        echo(f"{payload}: its pretraining is running in another process; waiting for its encoder")
+                        continue
                     result.failures.append(f"{kind} {name}: {reason} (log: {job.paths.stderr})")
                     echo(f"failed: {kind} {name}: {reason}")
                     if kind == "pretrain":
@@ -219,13 +226,15 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
                 else:
                     result.written += int(outcome)
             for method in sorted(watched):
+                if _pretraining_holder(runner, method) is not None:
+                    continue
+                # the holder let go (it stores the encoder before it does) or died
+                watched.discard(method)
                 if runner.encoder_is_stored(method):
-                    watched.discard(method)
                     progress.update(1)
                     echo(f"pretrained {method} (by the process that held its pretraining)")
                     ready.extend(("cell", cell) for cell in waiting.pop(method, []))
-                elif runner.pretraining_holder(method) is None:
-                    watched.discard(method)
+                else:
                     echo(f"{method}: the pretraining it waited for stopped without an encoder; submitted again "
                          f"(it resumes from its last checkpoint)")
                     ready.appendleft(("pretrain", method))
@@ -239,6 +248,19 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
         raise
     progress.close()
     return result
+
+
+def _pretraining_holder(runner: Runner, method: str) -> str | None:
+    """Who holds the method's pretraining lease, described; None when nobody live does.
+
+    A lease that cannot be read for a moment (a stale NFS handle) counts as held: waiting one
+    more poll costs less than a second pretraining.
+    """
+    try:
+        holder = runner.pretraining_holder(method)
+    except OSError as error:
+        return f"its lease could not be read: {error}"
+    return holder.describe() if holder is not None else None
 
 
 def _exception_line(error: Exception) -> str:

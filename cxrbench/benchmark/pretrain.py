@@ -164,8 +164,10 @@ class StepRunner:
             self.scaler.step(optimizer)
             self.scaler.update()
             # the scaler lowers its scale exactly when the gradients overflowed and it skipped the
-            # step; a momentum encoder must then stay put too, or it drifts towards weights that
-            # did not change (DDP's averaged gradients make every rank decide alike)
+            # step. The momentum update is skipped with it, so that the EMA counts the optimiser's
+            # steps (an extra update would pull the momentum encoder towards online weights this
+            # step left as they were; some official code, DINO's, updates regardless). DDP's
+            # averaged gradients make every rank decide alike.
             stepped = self.scaler.get_scale() >= scale
         else:
             loss.backward()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import hashlib
 import io
 import shutil
@@ -28,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrbench.benchmark.diagnostics import encoder_diagnostics, relative_change
-from cxrbench.benchmark.lease import LeaseHolder, PretrainingInProgress, PretrainingLease, live_holder
+from cxrbench.benchmark.lease import LeaseHolder, PretrainingInProgressError, PretrainingLease, live_holder
 from cxrbench.benchmark.pretrain import TrainingOptions, pretrain
 from cxrbench.benchmark.protocol_registry import PROTOCOLS, protocol_config
 from cxrbench.benchmark.statistics import bootstrap_interval, statistic_from_predictions
@@ -44,6 +45,15 @@ def method_hyperparameters(profile: dict, name: str):
     cls = get_method(name)
     overrides = {**cls.profile_overrides.get(profile.get("name"), {}), **(profile.get("methods", {}).get(cls.profile_key or name) or {})}
     return cls.resolve_hyperparameters(overrides)
+
+
+class LeaseDecision(enum.IntEnum):
+    """What rank 0 found at a pretraining's lease, shared with the other ranks as a number."""
+
+    PRETRAIN = 0
+    STORED = 1
+    REFUSED = 2
+    FAILED = 3
 
 
 @dataclass(frozen=True)
@@ -141,42 +151,56 @@ class Runner:
         """Pretrain once (or reuse the stored encoder); returns (state dict, pretrain record)."""
         settings = self.profile["pretrain"]
         directory = self.pretrain_dir(method_name, settings["dataset"])
-        record_path, encoder_path = directory / "record.json", directory / "encoder.pth"
-        if record_path.is_file() and encoder_path.is_file():
-            return torch.load(encoder_path, map_location="cpu", weights_only=True), read_json(record_path)
-        seed = int(settings.get("seed", 0))
-        with self._pretraining_lease(directory):
-            torch.manual_seed(seed)  # the initialisation is reproducible, and is what the diagnostics compare to
-            method = self.build_method(method_name)
-            dataset = self.dataset(settings["dataset"])
-            result = pretrain(
-                method, dataset,
-                batch_size=int(settings["batch_size"]), epochs=float(settings["epochs"]),
-                max_steps=settings.get("max_steps"), seed=seed, device=self.device,
-                description=f"pretrain {method_name}", checkpoint_dir=directory / "checkpoints",
-                options=TrainingOptions.from_settings(settings),
-            )
-            if world().is_main:
-                self._store_pretraining(method_name, method, dataset, seed, result, directory)
-            barrier()  # under torchrun the other ranks read what rank 0 wrote
-        return torch.load(encoder_path, map_location="cpu", weights_only=True), read_json(record_path)
+        with self._pretraining_lease(method_name, directory) as stored:
+            if not stored:
+                seed = int(settings.get("seed", 0))
+                torch.manual_seed(seed)  # the initialisation is reproducible, and is what the diagnostics compare to
+                method = self.build_method(method_name)
+                dataset = self.dataset(settings["dataset"])
+                result = pretrain(
+                    method, dataset,
+                    batch_size=int(settings["batch_size"]), epochs=float(settings["epochs"]),
+                    max_steps=settings.get("max_steps"), seed=seed, device=self.device,
+                    description=f"pretrain {method_name}", checkpoint_dir=directory / "checkpoints",
+                    options=TrainingOptions.from_settings(settings),
+                )
+                if world().is_main:
+                    self._store_pretraining(method_name, method, dataset, seed, result, directory)
+                barrier()  # under torchrun the other ranks read what rank 0 wrote
+        return torch.load(directory / "encoder.pth", map_location="cpu", weights_only=True), read_json(directory / "record.json")
 
     @contextlib.contextmanager
-    def _pretraining_lease(self, directory: Path):
-        """Rank 0 holds the directory's lease while it pretrains; every rank stops if it cannot."""
-        lease, refusal = (PretrainingLease(directory), None) if world().is_main else (None, None)
-        if lease is not None:
-            try:
-                lease.acquire()
-            except PretrainingInProgress as error:
-                refusal = error
-        # decided together: a rank that went on alone would wait for the others in a collective
-        if sum_across_processes(int(refusal is not None)):
-            raise refusal or PretrainingInProgress(f"{directory}: rank 0 found another process pretraining it")
+    def _pretraining_lease(self, method_name: str, directory: Path):
+        """Yields whether the encoder is stored already; if not, rank 0 holds the directory's
+        lease until the block ends.
+
+        Rank 0 decides for every rank (one all-reduce): a rank that went on, or stopped, alone
+        would leave the others waiting in a collective. The encoder is looked for again once the
+        lease is held: another process may have stored it and let go in between.
+        """
+        lease = PretrainingLease(directory) if world().is_main else None
+        held, failure, decision = False, None, LeaseDecision.PRETRAIN
         try:
-            yield
-        finally:
             if lease is not None:
+                if self.encoder_is_stored(method_name):
+                    decision = LeaseDecision.STORED
+                else:
+                    try:
+                        lease.acquire()
+                        held = True
+                    except BaseException as error:  # shared before it is raised, Ctrl-C included
+                        failure = error
+                        decision = LeaseDecision.REFUSED if isinstance(error, PretrainingInProgressError) else LeaseDecision.FAILED
+                    if held and self.encoder_is_stored(method_name):
+                        decision = LeaseDecision.STORED
+            decision = sum_across_processes(decision)  # only rank 0 adds anything
+            if decision == LeaseDecision.REFUSED:
+                raise failure or PretrainingInProgressError(f"{directory}: rank 0 found another process pretraining it")
+            if decision == LeaseDecision.FAILED:
+                raise failure or RuntimeError(f"{directory}: rank 0 could not take the pretraining lease")
+            yield decision == LeaseDecision.STORED
+        finally:
+            if held:
                 lease.release()
 
     def _store_pretraining(self, method_name: str, method: Method, dataset: PreparedDataset, seed: int, result, directory: Path) -> None:

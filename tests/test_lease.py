@@ -189,8 +189,9 @@ def _finish_elsewhere(runner, method, lease: Path):
     lease.unlink()
 
 
-def test_the_dispatcher_waits_for_a_pretraining_it_did_not_start(tmp_path, smoke_profile):
-    """A re-started dispatcher whose earlier pretraining job still runs must not submit it again."""
+def _dispatch_while_another_process_pretrains(tmp_path, smoke_profile, when_waiting):
+    """Dispatch simclr's two cells with another node's live lease on its pretraining;
+    ``when_waiting(runner, lease)`` runs once the dispatcher says it is waiting."""
     from cxrbench.benchmark.dispatch import dispatch
 
     runner, cells = _simclr_grid(smoke_profile, tmp_path)
@@ -199,29 +200,28 @@ def test_the_dispatcher_waits_for_a_pretraining_it_did_not_start(tmp_path, smoke
 
     def echo(line):
         lines.append(line)
-        if "running already" in line:  # the dispatcher is waiting now: the other process finishes
-            _finish_elsewhere(runner, "simclr", lease)
+        if "running already" in line:
+            when_waiting(runner, lease)
 
     dispatch(runner, cells, executors, jobs=2, poll_seconds=0.05, echo=echo)
-    assert [kind for kind, *_ in executors.submitted] == ["cell", "cell"]  # no second pretraining
-    assert all(stored for *_, stored in executors.submitted)  # every cell after the encoder was there
+    return executors.submitted, lines
+
+
+def test_the_dispatcher_waits_for_a_pretraining_it_did_not_start(tmp_path, smoke_profile):
+    """A re-started dispatcher whose earlier pretraining job still runs must not submit it again."""
+    submitted, lines = _dispatch_while_another_process_pretrains(
+        tmp_path, smoke_profile, lambda runner, lease: _finish_elsewhere(runner, "simclr", lease))
+    assert [kind for kind, *_ in submitted] == ["cell", "cell"]  # no second pretraining
+    assert all(stored for *_, stored in submitted)  # every cell after the encoder was there
     assert any("running already" in line and "gpu-node-17" in line for line in lines)
 
 
 def test_the_dispatcher_resubmits_a_pretraining_whose_holder_died(tmp_path, smoke_profile):
-    from cxrbench.benchmark.dispatch import dispatch
+    def holder_goes_silent(runner, lease):  # its lease goes stale without an encoder
+        os.utime(lease, (time.time() - 3600, time.time() - 3600))
 
-    runner, cells = _simclr_grid(smoke_profile, tmp_path)
-    lease = _foreign_lease(runner.pretrain_dir("simclr", "phantom-nih"))
-    executors, lines = _RecordingExecutors(runner), []
-
-    def echo(line):
-        lines.append(line)
-        if "running already" in line:  # the holder stops beating: its lease goes stale without an encoder
-            os.utime(lease, (time.time() - 3600, time.time() - 3600))
-
-    dispatch(runner, cells, executors, jobs=2, poll_seconds=0.05, echo=echo)
-    assert [kind for kind, *_ in executors.submitted] == ["pretrain", "cell", "cell"]
+    submitted, lines = _dispatch_while_another_process_pretrains(tmp_path, smoke_profile, holder_goes_silent)
+    assert [kind for kind, *_ in submitted] == ["pretrain", "cell", "cell"]
     assert any("submitted again" in line for line in lines)
 
 

@@ -170,6 +170,7 @@ class _RecordingExecutors:
 
 def _store_fake_encoder(runner, method):
     directory = runner.pretrain_dir(method, runner.profile["pretrain"]["dataset"])
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / "encoder.pth").write_bytes(b"")
     (directory / "record.json").write_text("{}")
 
@@ -223,6 +224,30 @@ def test_the_dispatcher_resubmits_a_pretraining_whose_holder_died(tmp_path, smok
     submitted, lines = _dispatch_while_another_process_pretrains(tmp_path, smoke_profile, holder_goes_silent)
     assert [kind for kind, *_ in submitted] == ["pretrain", "cell", "cell"]
     assert any("submitted again" in line for line in lines)
+
+
+def test_a_lease_that_cannot_be_read_for_a_moment_counts_as_held(tmp_path, smoke_profile, monkeypatch):
+    from cxrbench.benchmark.dispatch import dispatch
+
+    runner, cells = _simclr_grid(smoke_profile, tmp_path)
+    errors = [OSError(116, "Stale file handle")] * 3
+
+    def flaky_holder(method):
+        if errors:
+            raise errors.pop()
+        return None  # readable again: nobody holds it
+
+    monkeypatch.setattr(runner, "pretraining_holder", flaky_holder)
+    executors, lines = _RecordingExecutors(runner), []
+
+    def echo(line):
+        lines.append(line)
+        if "could not be read" in line:  # waiting as if held; meanwhile the holder finishes
+            _store_fake_encoder(runner, "simclr")
+
+    dispatch(runner, cells, executors, jobs=2, poll_seconds=0.05, echo=echo)
+    assert not errors  # every read error met, none raised out of the dispatcher
+    assert [kind for kind, *_ in executors.submitted] == ["cell", "cell"]
 
 
 class _RefusedJob(_FinishedJob):
@@ -328,6 +353,10 @@ def test_a_lease_that_cannot_be_written_stops_the_pretraining_with_its_own_error
         runner.pretrained_encoder("simclr")
 
 
+def _cannot_write(self):
+    raise PermissionError(13, "Permission denied", str(self.path))
+
+
 def _two_ranks_at_a_lease(rank: int, init_file: str, out: str, results: str) -> None:
     from datetime import timedelta
 
@@ -340,13 +369,20 @@ def _two_ranks_at_a_lease(rank: int, init_file: str, out: str, results: str) -> 
     outcomes = []
     try:
         runner = _runner(load_profile("smoke"), Path(out))
-        for method in ("simclr", "vicreg"):  # simclr: held elsewhere; vicreg: stored already
+        # simclr: held elsewhere; vicreg: stored already; byol: rank 0 cannot write the lease
+        for method in ("simclr", "vicreg", "byol"):
             directory = runner.pretrain_dir(method, "phantom-nih")
+            if method == "byol":
+                PretrainingLease.acquire = _cannot_write
             try:
                 with runner._pretraining_lease(method, directory) as stored:
                     outcomes.append(f"stored={stored}")
             except PretrainingInProgressError as error:
                 outcomes.append(f"refused: {'gpu-node-17' in str(error)}")
+            except (PermissionError, RuntimeError) as error:
+                # told by rank 0, not a collective that broke when rank 0 went its own way
+                told = " (rank 0's decision)" if "rank 0 could not take" in str(error) else ""
+                outcomes.append(f"failed: {type(error).__name__}{told}")
         Path(results, f"rank{rank}.json").write_text(json.dumps(outcomes))
     finally:
         dist.destroy_process_group()
@@ -360,5 +396,6 @@ def test_under_two_processes_every_rank_follows_rank_0_at_the_lease(tmp_path, sm
     _store_real_encoder(runner, "vicreg")
     mp.spawn(_two_ranks_at_a_lease, args=(str(tmp_path / "init"), str(tmp_path / "out"), str(tmp_path)), nprocs=2)
     # rank 1 never looks at the files: it learns rank 0's decision, and names the holder only on rank 0
-    assert json.loads((tmp_path / "rank0.json").read_text()) == ["refused: True", "stored=True"]
-    assert json.loads((tmp_path / "rank1.json").read_text()) == ["refused: False", "stored=True"]
+    # and a rank 0 that fails at the lease raises its own error, the others a RuntimeError, none waits
+    assert json.loads((tmp_path / "rank0.json").read_text()) == ["refused: True", "stored=True", "failed: PermissionError"]
+    assert json.loads((tmp_path / "rank1.json").read_text()) == ["refused: False", "stored=True", "failed: RuntimeError (rank 0's decision)"]

@@ -1,7 +1,7 @@
 """Raw dataset trees in the exact released layouts, built from slices of the real label files.
 
 The label files are the real ones shipped in torchxrayvision's wheel (read as files, the
-package is never imported); images are the real radiographs in shared/fixtures/real and
+package is never imported); images are the real radiographs in tests/fixtures/real and
 pydicom-data's chest CR where the test needs them, generated greyscale images elsewhere.
 """
 
@@ -21,7 +21,7 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real"  # in the repository: see its README
 REAL_NIH_PNGS = ["00000001_000.png", "00027426_000.png"]
 REAL_SIIM_DICOM = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from cxrbench.benchmark.cli import main
-from cxrbench.benchmark.dispatch import Executors, SlurmOptions, parse_slurm_time
+from cxrbench.benchmark.dispatch import Executors, SlurmOptions, default_threads, parse_slurm_time
 
 GRID = ["--methods", "simclr,sup1", "--protocol", "frozen", "--profile", "smoke", "--datasets", "phantom-nih",
         "--fractions", "10,100"]
 
 
-def _bench(*argv: str) -> subprocess.CompletedProcess:
+def _bench(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cxrbench", "run", *argv], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, timeout=600)
+                          stderr=subprocess.PIPE, text=True, timeout=1800, env=env)
 
 
 def _records(out: Path) -> dict[str, dict]:
@@ -27,7 +27,12 @@ def _records(out: Path) -> dict[str, dict]:
 
 
 def test_local_executor_runs_each_job_in_its_own_process_and_matches_the_inline_run(tmp_path):
-    inline = _bench(*GRID, "--out", str(tmp_path / "inline"))
+    # Both sides run with the same number of CPU threads: a job gets default_threads(2) of this
+    # machine's cores, and the inline run as many (OMP_NUM_THREADS sets torch's intra-op
+    # threads at start). One thread and two give different float sums, so a thread count that
+    # differed between the sides would make the comparison hold on one machine only.
+    threads = default_threads(2)
+    inline = _bench(*GRID, "--out", str(tmp_path / "inline"), env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     assert inline.returncode == 0, inline.stderr[-2000:]
     local = _bench(*GRID, "--executor", "local", "--jobs", "2", "--out", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr[-2000:]
@@ -41,7 +46,7 @@ def test_local_executor_runs_each_job_in_its_own_process_and_matches_the_inline_
     for name, record in actual.items():
         if record["cell"]["method"] == "simclr":
             assert record["created"] > pretrained["created"]  # no cell started before its encoder was stored
-        # the same computation as in one process (the jobs run with 1 thread each, inline with 2)
+        # the same computation as in one process, with the same thread count
         assert record["metrics"]["mean_auroc"] == pytest.approx(expected[name]["metrics"]["mean_auroc"], abs=1e-4), name
 
     again = _bench(*GRID, "--executor", "local", "--jobs", "2", "--out", str(tmp_path / "local"))
@@ -118,34 +123,43 @@ def test_bad_slurm_times_are_refused(text):
         parse_slurm_time(text)
 
 
+def _wait_for(condition, seconds: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {seconds} s for {what}")
+        time.sleep(0.5)
+
+
 @pytest.mark.parametrize("signal_name, exit_code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_ctrl_c_or_sigterm_cancels_the_running_jobs(tmp_path, signal_name, exit_code):
     """SIGINT or SIGTERM to the dispatching process: its local jobs (submitit's job id is their pid) end too."""
     import signal
-    import time
 
-    command = [sys.executable, "-m", "cxrbench", "run", *GRID, "--executor", "local", "--set", "pretrain.max_steps=400",
-               "--set", "pretrain.epochs=100", "--out", str(tmp_path)]
+    command = [sys.executable, "-m", "cxrbench", "run", *GRID, "--executor", "local", "--set", "pretrain.max_steps=100000",
+               "--set", "pretrain.epochs=10000", "--out", str(tmp_path)]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    jobs = tmp_path / "jobs"
-    deadline = time.monotonic() + 120
-    while not list(jobs.glob("*_submitted.pkl")) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(3)  # the pretraining job is under way
-    pid = int(next(jobs.glob("*_submitted.pkl")).name.split("_")[0])
+    # Waits are for conditions, with bounds far above what a busy machine needs: the
+    # pretraining job holds its lease once it trains (submitit's job id is the job's pid)
+    lease = tmp_path / "pretrain" / "simclr__phantom-nih" / "RUNNING.json"
+    _wait_for(lambda: lease.is_file() or driver.poll() is not None, 600, "the pretraining job to start")
+    assert driver.poll() is None, driver.communicate()
+    pid = int(next((tmp_path / "jobs").glob("*_submitted.pkl")).name.split("_")[0])
     driver.send_signal(getattr(signal, signal_name))
-    stdout, stderr = driver.communicate(timeout=120)
+    stdout, stderr = driver.communicate(timeout=600)
     assert driver.returncode == exit_code and "resume" in stdout + stderr
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def job_ended() -> bool:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"job process {pid} still runs after the dispatcher was interrupted")
-    # cancelled, not left to finish: the 400-step pretraining never stored its encoder
+            return True
+        return False
+
+    _wait_for(job_ended, 300, f"job process {pid} to end after the dispatcher was interrupted")
+    # cancelled, not left to finish: the 100,000-step pretraining never stored its encoder
     assert not (tmp_path / "pretrain" / "simclr__phantom-nih" / "encoder.pth").exists()
 
 

@@ -106,7 +106,7 @@ def _torchrun(out: Path, *extra: str, kill_at: int | None = None) -> subprocess.
                "-m", "cxrbench", "run", "--methods", "mocov2", "--protocol", "frozen", "--profile", "smoke",
                "--datasets", "phantom-nih", "--fractions", "10,100", "--set", "pretrain.epochs=2",
                "--set", "pretrain.max_steps=null", "--sync-batchnorm", "--out", str(out), *extra]
-    return subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    return subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
 
 
 def test_torchrun_pretrains_once_writes_from_rank_0_and_resumes_after_sigkill(tmp_path, smoke_nih):

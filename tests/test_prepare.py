@@ -307,11 +307,41 @@ def test_benchx_lists_give_the_split_and_the_subsets(tmp_path):
     assert not (tmp_path / "nih2").exists()
 
 
+# SHA-256 and line count of each list as BenchX publishes it (yangzhou12/BenchX, the .txt files)
+BENCHX_PUBLISHED = {
+    "NIH_Chest_Xray_test.txt": ("536637d62365936ef2cbd296e2de11a968d66f973c90b65ece6b8b31936d4a1f", 22433),
+    "NIH_Chest_Xray_train.txt": ("035fed235a5931554c1fccaa096c9e2bb8fc80449bfa63fbc44843014e4349a4", 78468),
+    "NIH_Chest_Xray_train_1.txt": ("cc3072c2b1177fd2f8d103e402da9a159dfce0d7ccc90f881c2efa8d9d7fbf63", 785),
+    "NIH_Chest_Xray_train_10.txt": ("c70afef8bab5debaf8d2cd126dc1feea23e41073d60ef39626e32daa4a0896cd", 7847),
+    "NIH_Chest_Xray_val.txt": ("48fff6634cc3e4294ab836b9d84bb1b3e6d81c73a8b94f69b5208c31eaa4b14a", 11219),
+    "RSNA_test.txt": ("48394d681ab052ec5ca60c773a589123eb9341a269d636f3b65a2514761d6066", 4003),
+    "RSNA_train.txt": ("887236661d0044bef38133c9ba440df1bbfc9630b153420e34294f600aa4f7d8", 18678),
+    "RSNA_train_1.txt": ("9cdb3fe4c97046929ab56f845ae2abdf13f18610552cbd14f17c6a2147835b9f", 186),
+    "RSNA_train_10.txt": ("5e35777c613924f36bf676bd47cbb32b540ecf97a8f6fd08eb0294153aef53c8", 1867),
+    "RSNA_val.txt": ("f21237e5f2546b33976381033572d6f759ee8e22bd10a782955c449275020e51", 4003),
+    "SIIM_test.txt": ("cb4b5c7b6722235a45f548667f20e5608c5fc65526b3b58a2e9f28f259745854", 1372),
+    "SIIM_train.txt": ("66b66b47c0ab368454aab66d34ce0aa71ec91afaa4d6e7ecfabb74858cea8356", 9303),
+    "SIIM_train_1.txt": ("6c5f120e5233a70baccf740cc358bf8f8b60249ec8358c1750d87050709a07b5", 93),
+    "SIIM_train_10.txt": ("65d5b8b05436fd7f5855cceb328c1bbfd0089e0e4eed5020805bf4c969be9279", 930),
+    "SIIM_val.txt": ("3740ddc604f8579604d5017d05c8ff1fdb91cee522b0596a9593ee7191d90e77", 1372),
+    "VinDr_CXR_test.txt": ("a9566d4f6a2d6a7cf3c65a6525889122d758e6a860076730057425696b2811c7", 3000),
+    "VinDr_CXR_train.txt": ("9a38946064dd0bb645a5840545accbd169cb07b9fd6ecf190f6397b2e05856de", 12000),
+    "VinDr_CXR_train_1.txt": ("b973fc4ed6018a499a82258bade3175bd81ea171174458d46859b8286aeffc7c", 120),
+    "VinDr_CXR_train_10.txt": ("9d3047f40e0892c39b2fdf7fcad78e6c4d3b6be7e3ee3fe727a52a96e0711090", 1200),
+    "VinDr_CXR_val.txt": ("d1b7075628d0191d56582a68838bae88d3aa8f90c4f842c9edfc34cb4358d9ce", 3000),
+}
+
+
 def test_shipped_benchx_lists_are_the_published_ones():
+    import hashlib
     from importlib import resources
 
-    shipped = gzip.decompress(resources.files("cxrbench.datasets.benchx").joinpath("RSNA_train_1.txt.gz").read_bytes()).decode()
-    assert shipped == (FIXTURES.parents[1] / "splits" / "benchx" / "RSNA_train_1.txt").read_text()
+    folder = resources.files("cxrbench.datasets.benchx")
+    shipped = sorted(entry.name[: -len(".gz")] for entry in folder.iterdir() if entry.name.endswith(".txt.gz"))
+    assert shipped == sorted(BENCHX_PUBLISHED)
+    for name, (digest, lines) in BENCHX_PUBLISHED.items():
+        text = gzip.decompress(folder.joinpath(f"{name}.gz").read_bytes())
+        assert (hashlib.sha256(text).hexdigest(), text.count(b"\n")) == (digest, lines), name
 
 
 def test_a_smoke_run_trains_and_evaluates_on_a_prepared_dataset(tmp_path, capsys):

@@ -3,8 +3,9 @@
 ``results/reference/optiml-paper.csv`` has one row per printed cell: table (I, II, III),
 protocol, method (our registry name), dataset, fraction (percent), value (AUROC x 100, as
 printed; Table III's 0.685 becomes 68.5), printed_delta (the number in parentheses, where
-printed) and printed_arrow. ``transcribe`` rebuilds it from the paper's text, so the file can
-be checked against its source at any time; reports recompute every delta from the values
+printed) and printed_arrow. ``transcribe`` rebuilds it from the paper's markdown (or from
+``tests/fixtures/optiml-paper-tables.tsv``, its table rows alone), so the file can be checked
+against its source at any time; reports recompute every delta from the values
 and footnote where the printed one disagrees.
 """
 
@@ -37,7 +38,7 @@ def _plain(text: str) -> str:
 
 
 def transcribe(paper: Path) -> pd.DataFrame:
-    """The three tables of the OPTiML paper (markdown text) as the reference CSV's rows."""
+    """The three tables of the OPTiML paper (its markdown, or just its table rows) as the reference CSV's rows."""
     lines = Path(paper).read_text().splitlines()
     rows = []
     for table, protocol, marker in (("I", "finetune", "TABLE I:"), ("II", "frozen", "TABLE II:")):

@@ -148,8 +148,10 @@ class ProcessGroupBatchNorm(_BatchNorm):
                 self.running_var.mul_(1 - momentum).add_(momentum * var.detach() * n / (n - 1))
         shape = [1, channels] + [1] * (values.dim() - 2)
         output = (values - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            output = output * self.weight.view(shape) + self.bias.view(shape)
+        if self.weight is not None:
+            output = output * self.weight.view(shape)
+        if self.bias is not None:  # None: a scale without a shift (SimCLR's last head norm)
+            output = output + self.bias.view(shape)
         return output.to(input.dtype)
 
 
@@ -163,11 +165,14 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 def _replace_batchnorm(module: nn.Module) -> nn.Module:
     if isinstance(module, _BatchNorm) and not isinstance(module, ProcessGroupBatchNorm):
         replacement = ProcessGroupBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        for name in ("weight", "bias"):
+            if module.affine and getattr(module, name) is None:
+                replacement.register_parameter(name, None)  # e.g. a norm with a scale and no shift
         replacement.load_state_dict(module.state_dict())
         replacement.train(module.training)
-        if module.affine:
-            replacement.weight.requires_grad_(module.weight.requires_grad)
-            replacement.bias.requires_grad_(module.bias.requires_grad)
+        for name in ("weight", "bias"):
+            if getattr(module, name) is not None:
+                getattr(replacement, name).requires_grad_(getattr(module, name).requires_grad)
         return replacement
     for name, child in module.named_children():
         setattr(module, name, _replace_batchnorm(child))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -133,34 +134,51 @@ def _wait_for(condition, seconds: float, what: str) -> None:
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("signal_name, exit_code", [("SIGINT", 130), ("SIGTERM", 143)])
-def test_ctrl_c_or_sigterm_cancels_the_running_jobs(tmp_path, signal_name, exit_code):
+@pytest.mark.parametrize("signal_name, exit_code, started_in_background", [
+    ("SIGINT", 130, False), ("SIGTERM", 143, False),
+    # a script's `bench run ... &` inherits SIGINT ignored, and so would its jobs: submitit's
+    # cancel (SIGINT) then did nothing and the jobs trained on
+    ("SIGINT", 130, True), ("SIGTERM", 143, True),
+])
+def test_ctrl_c_or_sigterm_cancels_the_running_jobs(tmp_path, signal_name, exit_code, started_in_background):
     """SIGINT or SIGTERM to the dispatching process: its local jobs (submitit's job id is their pid) end too."""
     import signal
 
+    from cxrbench.benchmark.dispatch import _descendants
+
     command = [sys.executable, "-m", "cxrbench", "run", *GRID, "--executor", "local", "--set", "pretrain.max_steps=100000",
                "--set", "pretrain.epochs=10000", "--out", str(tmp_path)]
-    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Waits are for conditions, with bounds far above what a busy machine needs: the
-    # pretraining job holds its lease once it trains (submitit's job id is the job's pid)
-    lease = tmp_path / "pretrain" / "simclr__phantom-nih" / "RUNNING.json"
-    _wait_for(lambda: lease.is_file() or driver.poll() is not None, 600, "the pretraining job to start")
-    assert driver.poll() is None, driver.communicate()
-    pid = int(next((tmp_path / "jobs").glob("*_submitted.pkl")).name.split("_")[0])
-    driver.send_signal(getattr(signal, signal_name))
-    stdout, stderr = driver.communicate(timeout=600)
-    assert driver.returncode == exit_code and "resume" in stdout + stderr
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if started_in_background else None
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint)
+    spawned: set[int] = set()
+    try:
+        # Waits are for conditions, with bounds far above what a busy machine needs: the
+        # pretraining job holds its lease once it trains (submitit's job id is the job's pid)
+        lease = tmp_path / "pretrain" / "simclr__phantom-nih" / "RUNNING.json"
+        _wait_for(lambda: lease.is_file() or driver.poll() is not None, 600, "the pretraining job to start")
+        assert driver.poll() is None, driver.communicate()
+        spawned = set(_descendants(driver.pid))
+        pid = int(next((tmp_path / "jobs").glob("*_submitted.pkl")).name.split("_")[0])
+        driver.send_signal(getattr(signal, signal_name))
+        stdout, stderr = driver.communicate(timeout=600)
+        assert driver.returncode == exit_code and "resume" in stdout + stderr
 
-    def job_ended() -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
+        def ended(process_id: int) -> bool:
+            try:
+                os.kill(process_id, 0)
+            except ProcessLookupError:
+                return True
+            return Path(f"/proc/{process_id}/stat").is_file() and Path(f"/proc/{process_id}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
-    _wait_for(job_ended, 300, f"job process {pid} to end after the dispatcher was interrupted")
-    # cancelled, not left to finish: the 100,000-step pretraining never stored its encoder
-    assert not (tmp_path / "pretrain" / "simclr__phantom-nih" / "encoder.pth").exists()
+        _wait_for(lambda: all(ended(process_id) for process_id in spawned | {pid}), 300,
+                  f"the job processes {sorted(spawned | {pid})} to end after the dispatcher was interrupted")
+        # cancelled, not left to finish: the 100,000-step pretraining never stored its encoder
+        assert not (tmp_path / "pretrain" / "simclr__phantom-nih" / "encoder.pth").exists()
+    finally:  # a failed test must not leave a 100,000-step pretraining running on the machine
+        for process_id in [*spawned, driver.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process_id, signal.SIGKILL)
+        driver.wait()
 
 
 def test_cell_jobs_share_the_frozen_features_through_the_output_directory(tmp_path, monkeypatch, smoke_profile):

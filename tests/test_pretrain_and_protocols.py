@@ -14,7 +14,8 @@ from cxrbench.methods import get_method
 def test_learning_rate_warms_up_then_decays_to_the_final_fraction():
     total, warmup = 100, 10
     factors = [learning_rate_factor(step, total, warmup, 0.001) for step in range(total)]
-    assert factors[0] == pytest.approx(0.1) and factors[warmup - 1] == pytest.approx(1.0)
+    # official SimCLR/BYOL/VICReg warm-up: step / warmup_steps, so the first step's rate is 0
+    assert factors[0] == 0.0 and factors[warmup - 1] == pytest.approx(0.9) and factors[warmup] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1:]))
     assert learning_rate_factor(total, total, warmup, 0.001) == pytest.approx(0.001)
     midpoint = warmup + (total - warmup) // 2

@@ -47,7 +47,8 @@ def test_training_step_sends_gradient_to_encoder_and_expander():
     loss, logs = method.training_step(views)
     loss.backward()
     assert method.encoder.conv1.weight.grad.abs().sum() > 0
-    assert method.encoder.layer4[1].conv2.weight.grad.abs().sum() > 0
+    # zero_init_residual (official): a block's branch starts closed, its gate (last BN) gets the gradient
+    assert method.encoder.layer4[1].bn2.weight.grad.abs().sum() > 0
     assert all(p.grad is not None for p in method.expander.parameters())
     assert "loss" in logs and torch.isfinite(loss)
 

@@ -89,6 +89,8 @@ def command_list(args) -> int:
     from cxrbench.datasets import DATASET_ORIGINS, DATASETS, available_datasets
     from cxrbench.methods import METHOD_ORIGINS, available_methods, get_method
 
+    if args.details is not None:
+        return _print_method_details(args.details)
     rows = []
     if args.what in ("methods", "all"):
         for name in available_methods():
@@ -107,6 +109,39 @@ def command_list(args) -> int:
 
     headers = ["kind", "name", "description", "origin"] if args.what == "all" else ["name", "description", "origin"]
     print(tabulate([row if args.what == "all" else row[1:] for row in rows], headers=headers, tablefmt="simple"))
+    return 0
+
+
+def _print_method_details(name: str) -> int:
+    """Every hyperparameter of one method as each profile resolves it, read from the profile
+    files: the per-profile half of a method's faithfulness record, which therefore cannot drift."""
+    import dataclasses
+
+    from tabulate import tabulate
+
+    from cxrbench.benchmark.profiles import available_profiles, load_profile
+    from cxrbench.benchmark.runner import method_hyperparameters
+    from cxrbench.methods import available_methods, get_method
+
+    if name not in available_methods():
+        print(f"bench list: unknown method {name!r}; known: {', '.join(available_methods())}", file=sys.stderr)
+        return 2
+    cls = get_method(name)
+    profiles = {profile: load_profile(profile) for profile in available_profiles()}
+    resolved = {profile: method_hyperparameters(settings, name) for profile, settings in profiles.items()}
+    default = cls.Hyperparameters() if cls.Hyperparameters is not None else None
+    rows = []
+    for field in dataclasses.fields(default) if default is not None else ():
+        values = [getattr(resolved[profile], field.name) for profile in profiles]
+        marks = ["" if value == getattr(default, field.name) else " *" for value in values]
+        rows.append([field.name, getattr(default, field.name)] + [f"{value}{mark}" for value, mark in zip(values, marks)])
+    for key, label in (("batch_size", "pretrain.batch_size"), ("epochs", "pretrain.epochs"), ("max_steps", "pretrain.max_steps")):
+        rows.append([label, ""] + [settings["pretrain"].get(key) for settings in profiles.values()])
+    rows.append(["data.image_size", ""] + [settings["data"]["image_size"] for settings in profiles.values()])
+    print(f"{name} ({cls.display_name}): default = the method's official value or recorded choice "
+          f"(see its faithfulness record: python -c 'import {cls.__module__} as m; print(m.__doc__)'); "
+          f"* = set by the profile")
+    print(tabulate(rows, headers=["hyperparameter", "default"] + list(profiles), tablefmt="simple"))
     return 0
 
 
@@ -227,7 +262,8 @@ def command_run(args) -> int:
     tests = write_paired_tests(out_dir, resamples=int(evaluation.get("bootstrap_resamples", 1000)))
     for method, reason in missing.items():
         print(f"bench run: missing: {method}: {reason}")
-    print(f"bench run: paired bootstrap tests against the baseline row in {tests}")
+    print(f"bench run: paired tests against the baseline row in {tests}")
+    _report_learning(out_dir)
     print(f"bench run: {written} new record(s) in {time.perf_counter() - started:.0f}s; "
           f"render tables with: bench report --results {out_dir} --out reports/{out_dir.name}")
     if failures:
@@ -240,16 +276,42 @@ def command_run(args) -> int:
 
 @contextlib.contextmanager
 def _signals_as_exit():
-    """SIGTERM and SIGHUP (a closed login session) end the dispatcher like Ctrl-C: its jobs are cancelled."""
+    """SIGINT, SIGTERM and SIGHUP (a closed login session) end the dispatcher: its jobs are cancelled.
+
+    SIGINT works even in a dispatcher started in the background by a script (which inherits it
+    ignored), and so in its jobs; a SIGHUP that ``nohup`` ignores stays ignored.
+    """
+    from cxrbench.benchmark.dispatch import interruptible
+
     def leave(signum, frame):
         raise SystemExit(128 + signum)
 
-    previous = {signum: signal.signal(signum, leave) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    interruptible()
+    watched = [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN else [])
+    previous = {signum: signal.signal(signum, leave) for signum in watched}
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _report_learning(out_dir: Path) -> None:
+    """The end of a run: which methods did not beat random initialisation in any cell."""
+    from cxrbench.benchmark.comparisons import did_not_learn, learning_check
+
+    check = learning_check(out_dir)
+    if check.empty:
+        print("bench run: learning check: no method cells beside Sup.1 (random initialisation) cells to compare with; "
+              "run sup1 on the same cells to check that the methods learn")
+        return
+    verdicts = did_not_learn(check)
+    learned = sorted(set(check["method"]) - set(verdicts))
+    print(f"bench run: learning check against random initialisation (Sup.1), paired tests, Holm per protocol: "
+          f"{len(learned)} of {check['method'].nunique()} method(s) significantly above it in at least one cell"
+          + (f" ({', '.join(learned)})" if learned else ""))
+    for method, reason in sorted(verdicts.items()):
+        print(f"bench run: did not learn here: {reason}")
 
 
 def _dispatch_options(args) -> dict:
@@ -409,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="List what is registered, with a one-line description and its origin "
                                               "(built-in, or the plugin package it came from).")
     listing.add_argument("what", nargs="?", default="all", choices=["methods", "datasets", "profiles", "protocols", "all"])
+    listing.add_argument("--details", metavar="METHOD",
+                         help="every hyperparameter of METHOD as each profile resolves it (from the profile files)")
     listing.set_defaults(handler=command_list)
 
     run = commands.add_parser(

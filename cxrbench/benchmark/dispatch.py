@@ -14,8 +14,10 @@ and a pretraining that was cut off resumes from its last epoch checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,11 +33,25 @@ def _job_device(device: str, threads: int):
     """The job's device, resolved where the job runs ("auto" on a SLURM node finds its GPU)."""
     import torch
 
+    interruptible()
+
     if threads:
         torch.set_num_threads(threads)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def interruptible() -> None:
+    """SIGINT raises KeyboardInterrupt even where it was ignored at start.
+
+    A process started in the background by a non-interactive shell (``nohup bench run ... &``,
+    a script) inherits SIGINT ignored, and Python then never installs its handler: submitit's
+    cancel (SIGINT) would do nothing and the jobs would train on. Processes this one starts
+    inherit the default action, so their Python handles SIGINT too.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pretraining_job(profile: dict, out_dir: str, device: str, threads: int, method: str) -> str:
@@ -159,7 +175,8 @@ class DispatchResult:
 
 
 def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: int,
-             poll_seconds: float = 1.0, echo: Callable[[str], None] = tqdm.write) -> DispatchResult:
+             poll_seconds: float = 1.0, echo: Callable[[str], None] = tqdm.write,
+             cancel_grace_seconds: float = 30.0) -> DispatchResult:
     """Run ``cells`` as jobs on ``executors``, at most ``jobs`` at a time; pretraining first."""
     result = DispatchResult()
     runner.claim_out_dir()
@@ -242,12 +259,49 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
         # Ctrl-C, SIGTERM/SIGHUP (turned into SystemExit by the CLI) or an error while polling:
         # the jobs of this run would otherwise go on (SLURM) or be orphaned; finished cells keep
         # their records and a cut-off pretraining its checkpoints
-        for job in running:
-            job.cancel(check=False)
+        cancel_jobs(list(running), grace_seconds=cancel_grace_seconds)
         echo(f"interrupted: {len(running)} running job(s) cancelled; the same command resumes")
         raise
     progress.close()
     return result
+
+
+def cancel_jobs(jobs: list, grace_seconds: float = 30.0) -> None:
+    """Cancel jobs however the grid was started, and make sure local ones end.
+
+    submitit cancels a local job with SIGINT to its controller process, which stops its tasks;
+    the job's own SIGTERM handler only logs "Bypassing signal SIGTERM". A local job still
+    running after ``grace_seconds`` (SIGINT ignored, a task stuck in a collective) is killed
+    with its tasks (SIGKILL); its pretraining lease is then free at once, its holder being a
+    dead process of this host. SLURM jobs are cancelled by scancel, which does the same there.
+    """
+    for job in jobs:
+        job.cancel(check=False)
+    local = [job for job in jobs if getattr(job, "_process", None) is not None]
+    deadline = time.monotonic() + grace_seconds
+    while any(job._process.poll() is None for job in local) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for job in local:
+        if job._process.poll() is None:
+            for pid in [*_descendants(job._process.pid), job._process.pid]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            job._process.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; elsewhere none, and the controller's own SIGINT handling is relied on)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, frontier = [], [pid]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found.extend(below)
+        frontier.extend(below)
+    return found
 
 
 def _pretraining_holder(runner: Runner, method: str) -> str | None:

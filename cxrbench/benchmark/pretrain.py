@@ -47,10 +47,23 @@ class PretrainResult:
 def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, final_fraction: float) -> float:
     """Multiplier of the peak learning rate at ``step`` (0-based)."""
     if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return step / warmup_steps  # official SimCLR, BYOL, VICReg: the first step's rate is 0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return final_fraction + (1 - final_fraction) * cosine
+
+
+def schedule_step(step: int, steps_per_epoch: int, unit: str) -> int:
+    """The step the learning-rate schedule is evaluated at: every step, or the epoch's first step.
+
+    Official SimSiam and PCRLv2 set the rate once per epoch (cosine over epochs); the
+    schedule at an epoch's first step is exactly that rate.
+    """
+    if unit == "step":
+        return step
+    if unit == "epoch":
+        return (step // steps_per_epoch) * steps_per_epoch
+    raise ValueError(f"lr_schedule_unit {unit!r}: expected 'step' or 'epoch'")
 
 
 CHECKPOINT_PATTERN = "epoch-*.pt"
@@ -263,7 +276,8 @@ def pretrain(
         if views_on.type == "cuda":
             batch = batch.pin_memory().to(views_on, non_blocking=True)  # the copy overlaps the previous step's kernels
         position += batch_size
-        factor = learning_rate_factor(step, total_steps, warmup_steps, final_fraction)
+        factor = learning_rate_factor(schedule_step(step, steps_per_epoch, method.lr_schedule_unit),
+                                      total_steps, warmup_steps, final_fraction)
         for group, peak in zip(optimizer.param_groups, peak_lrs):
             # a group marked fixed_lr keeps its rate (SimSiam's predictor, official `--fix-pred-lr`)
             group["lr"] = peak if group.get("fixed_lr") else peak * factor

@@ -44,14 +44,16 @@ def imagenet_weights_missing(weights_path: str | None) -> str | None:
             f"or set --set methods.<name>.weights_path=FILE")
 
 
-def resnet18_encoder(init: str = "random", weights_path: str | None = None) -> nn.Module:
+def resnet18_encoder(init: str = "random", weights_path: str | None = None, zero_init_residual: bool = False) -> nn.Module:
     """torchvision ResNet-18 with ``fc`` replaced by identity: images -> (B, 512) features.
 
     ``init="imagenet"`` loads torchvision's ImageNet weights, from ``weights_path`` if given,
     else through torchvision's weights API, which reads its hub cache and only downloads
-    when the file is not there.
+    when the file is not there. ``zero_init_residual`` starts the last BatchNorm of every
+    residual block at zero scale, so each block begins as the identity (official SimSiam and
+    VICReg build their ResNets so); ImageNet weights overwrite it.
     """
-    model = torchvision.models.resnet18(weights=None)
+    model = torchvision.models.resnet18(weights=None, zero_init_residual=zero_init_residual)
     if init == "imagenet":
         reason = imagenet_weights_missing(weights_path)
         if reason:

@@ -58,11 +58,18 @@ class Method(nn.Module):
     # True where a step's loss leaves some trainable parameters out (PCRLv2 draws one decoder
     # scale per step): DistributedDataParallel must then look for them after every forward
     leaves_parameters_unused: ClassVar[bool] = False
+    # the encoder's residual blocks start as the identity (last BN of each block at zero), as
+    # in official SimSiam and VICReg
+    zero_init_residual: ClassVar[bool] = False
+    # how often the runner's warm-up + cosine schedule moves the learning rate: "step" (most
+    # official code) or "epoch" (official SimSiam and PCRLv2 set it once per epoch)
+    lr_schedule_unit: ClassVar[str] = "step"
 
     def __init__(self, hyperparameters: Any | None = None):
         super().__init__()
         self.hparams = hyperparameters if hyperparameters is not None else self.Hyperparameters()
-        self.encoder = resnet18_encoder(getattr(self.hparams, "encoder_init", "random"), getattr(self.hparams, "weights_path", None))
+        self.encoder = resnet18_encoder(getattr(self.hparams, "encoder_init", "random"), getattr(self.hparams, "weights_path", None),
+                                        zero_init_residual=self.zero_init_residual)
 
     @classmethod
     def resolve_hyperparameters(cls, overrides: dict | None) -> Any:
@@ -131,7 +138,7 @@ class Method(nn.Module):
 def split_weight_decay(module: nn.Module, weight_decay: float) -> list[dict]:
     """Two parameter groups: weights with decay; biases and norm parameters without.
 
-    With lightly's LARS a group with ``weight_decay == 0`` is also excluded from the
+    With our LARS (``methods/lars.py``) a group with ``weight_decay == 0`` is also excluded from the
     layer-wise adaptation, which is what the official SimCLR/BYOL/VICReg code does.
     """
     decay, no_decay = [], []

@@ -26,30 +26,39 @@ What the official model does, and this file does in the same order:
 7. one direction only (view 1 is always the query), as official; keys enqueued after the loss;
    momentum update of encoder and both heads before the next key forward.
 
-=====================  ====================  ==============  ==============  ==============
-hyperparameter         official              paper profile   quick profile   smoke profile
-=====================  ====================  ==============  ==============  ==============
-backbone               ResNet-50             ResNet-18       ResNet-18       ResNet-18
-global / dense head    2048-2048-128         512-512-128     512-512-128     512-512-128
-queue size (both)      65,536                65,536          1,024           32
-momentum               0.999                 0.999           0.99            0.99
-temperature            0.2                   0.2             0.2             0.2
-loss lambda            0.5                   0.5             0.5             0.5
-optimiser              SGD, momentum 0.9,    same            same            same
+Official against ours: "ours" is the method's default; a profile may override a default
+under ``methods: {densecl: ...}`` and sets batch, epochs and image size. ``bench list methods
+--details densecl`` prints every hyperparameter under every profile, read from the profile
+files (so it cannot drift).
+
+=====================  ====================  ======================
+hyperparameter         official              ours (default)
+=====================  ====================  ======================
+backbone               ResNet-50             ResNet-18
+global / dense head    2048-2048-128         512-512-128
+head init              global Linears Kaiming-   same
+                       normal (fan_in), bias 0;
+                       1x1 convs torch default
+queue size (both)      65,536                65,536
+momentum               0.999                 0.999
+temperature            0.2                   0.2
+loss lambda            0.5                   0.5
+optimiser              SGD, momentum 0.9,    same
                        wd 1e-4 on all params
-lr                     0.03 @ 256 (ImageNet) 0.0075 @ 64     0.0075 @ 64     0.001875 @ 16
-schedule               cosine to 0, no warm-up
-batch size             256                   64              64              16
-epochs                 200                   300             3               4 steps
-image size             224 (7x7 grid)        224 (7x7)       64 (2x2)        64 (2x2)
-=====================  ====================  ==============  ==============  ==============
+lr                     0.03 @ 256 (ImageNet) 0.03 (x batch/256)
+schedule               cosine to 0 set once per epoch (mmcv's CosineAnnealing hook,
+                       by epoch), no warm-up: official and ours
+batch size             256                   the profile's
+epochs                 200                   the profile's
+image size             224 (7x7 grid)        the profile's
+=====================  ====================  ======================
 
 Views (official, MoCo v2's, same for both): RandomResizedCrop(scale 0.2-1), ColorJitter(0.4,
 0.4, 0.4, 0.1) p 0.8, greyscale p 0.2, GaussianBlur(0.1-2.0) p 0.5, flip.
 
 Deviations and why
 ------------------
-* Queue 1,024 and momentum 0.99 on quick/smoke: as MoCo v2 (small data, few steps).
+* ``queue_size`` and ``momentum`` (quick, smoke): shortened as in MoCo v2 (small data, few steps).
 * 64 px input gives a 2x2 grid: the dense loss then matches 4 positions per image; it is the
   quick profile's price for CPU speed. The paper profile uses 224 px (7x7).
 * Grey radiographs: saturation, hue and greyscale dropped; brightness/contrast kept.
@@ -95,6 +104,17 @@ class DenseHead(nn.Module):
         return self.layers(grid).flatten(2)  # (B, out, S^2)
 
 
+def kaiming_init_linears(module: nn.Module) -> None:
+    """Official ``DenseCLNeck.init_weights(init_linear="kaiming")``: every Linear Kaiming-normal
+    (fan_in, ReLU) with zero bias. Its 1x1 convolutions are not re-initialised there (they
+    keep PyTorch's default), and neither are they here."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 def match_positions(query_backbone: torch.Tensor, key_backbone: torch.Tensor) -> torch.Tensor:
     """For each query position, the key position whose backbone feature is most similar.
 
@@ -119,11 +139,13 @@ class DenseCL(Method):
     display_name = "DenseCL"
     description = "Dense contrastive learning: MoCo v2 + dense head and matched-position loss (Wang et al. 2021)"
     Hyperparameters = DenseCLHyperparameters
+    lr_schedule_unit = "epoch"  # official: mmcv's CosineAnnealing lr hook, by epoch
 
     def __init__(self, hyperparameters: DenseCLHyperparameters | None = None):
         super().__init__(hyperparameters)
         hp = self.hparams
         self.global_head = MoCoProjectionHead(FEATURE_DIM, FEATURE_DIM, hp.projection_dim)
+        kaiming_init_linears(self.global_head)
         self.dense_head = DenseHead(FEATURE_DIM, FEATURE_DIM, hp.projection_dim)
         self.key_encoder = momentum_copy(self.encoder)
         self.key_global_head = momentum_copy(self.global_head)

@@ -10,34 +10,39 @@ Building blocks: lightly's ``MoCoProjectionHead`` (Linear-ReLU-Linear, no BN, as
                 ``NTXentLoss`` with a memory bank (query against its key and the queue, cross
                 entropy with the positive first: the official InfoNCE), ``update_momentum``.
 
-=====================  ====================  ==============  ==============  ==============
-hyperparameter         official              paper profile   quick profile   smoke profile
-=====================  ====================  ==============  ==============  ==============
-backbone               ResNet-50             ResNet-18       ResNet-18       ResNet-18
-head                   2048-2048-128         512-512-128     512-512-128     512-512-128
-queue size K           65,536                65,536          1,024           32
-momentum m             0.999                 0.999           0.99            0.99
-temperature            0.2                   0.2             0.2             0.2
-optimiser              SGD, momentum 0.9     same            same            same
-lr (batch 256)         0.03 (x batch/256)    0.0075 @ 64     0.0075 @ 64     0.001875 @ 16
-weight decay           1e-4                  1e-4            1e-4            1e-4
-schedule               cosine to 0, no warm-up (official per epoch; here per step)
-batch size             256                   64              64              16
-epochs                 200                   300             3               4 steps
-shuffle-BN             across 8 GPUs         2 chunks        2 chunks        2 chunks
-image size             224                   224             64              64
-=====================  ====================  ==============  ==============  ==============
+Official against ours: "ours" is the method's default; a profile may override a default
+under ``methods: {mocov2: ...}`` and sets batch, epochs and image size. ``bench list methods
+--details mocov2`` prints every hyperparameter under every profile, read from the profile
+files (so it cannot drift).
+
+=====================  ====================  ======================
+hyperparameter         official              ours (default)
+=====================  ====================  ======================
+backbone               ResNet-50             ResNet-18
+head                   2048-2048-128         512-512-128
+queue size K           65,536                65,536
+momentum m             0.999                 0.999
+temperature            0.2                   0.2
+optimiser              SGD, momentum 0.9     same
+lr (batch 256)         0.03 (x batch/256)    0.03 (x batch/256)
+weight decay           1e-4                  1e-4
+schedule               cosine to 0 set once per epoch, no warm-up (official and ours)
+batch size             256                   the profile's
+epochs                 200                   the profile's
+shuffle-BN             across 8 GPUs         2 chunks
+image size             224                   the profile's
+=====================  ====================  ======================
 
 Views (official ``aug-plus``): RandomResizedCrop(224, scale 0.2-1), ColorJitter(0.4, 0.4,
 0.4, 0.1) p 0.8, greyscale p 0.2, GaussianBlur(0.1-2.0) p 0.5, flip, the same for both views.
 
 Deviations and why
 ------------------
-* Queue: 65,536 keys are 5% of ImageNet; on the quick phantom (1,276 training images) a queue
-  that long would hold keys older than 50 epochs of a changing encoder, so it is shortened to
-  1,024 (80% of the data, a multiple of the batch), and to 32 for smoke.
-* Momentum 0.99 on quick/smoke: with 38 steps, 0.999 would leave the key encoder almost at
-  its random initialisation for the whole run (1 - 0.999^38 = 4% update).
+* ``queue_size`` (quick, smoke): 65,536 keys are 5% of ImageNet; on a small phantom a queue
+  that long would hold keys many epochs old from a changing encoder, so the short profiles
+  cut it below their training-set size (a multiple of the batch).
+* ``momentum`` (quick, smoke): over a few dozen steps 0.999 leaves the key encoder almost at
+  its random initialisation (1 - 0.999^38 = 4% update), so the short profiles use 0.99.
 * Shuffle-BN: in one process, which cannot shuffle across GPUs, the key batch is permuted
   and encoded in 2 chunks (32 images each at batch 64, the official per-GPU batch), each with
   its own BN statistics, then un-permuted (``shuffle_bn_forward``). Under torchrun it is the
@@ -89,6 +94,7 @@ class MoCoV2(Method):
     display_name = "MoCoV2"
     description = "Momentum contrast v2: key encoder, 65k-key queue, MLP head (Chen et al. 2020)"
     Hyperparameters = MoCoV2Hyperparameters
+    lr_schedule_unit = "epoch"  # official main_moco.py --cos: adjust_learning_rate once per epoch
 
     def __init__(self, hyperparameters: MoCoV2Hyperparameters | None = None):
         super().__init__(hyperparameters)

@@ -9,7 +9,8 @@ Paper:          Singh, Gorade, Mishra. "OPTiML: Dense Semantic Invariance Using 
 Official code:  none is public. The paper's open points are fixed by the project's
                 specification (``shared/design/optiml.md``); this file implements that page.
 Building blocks: lightly's ``VICRegProjectionHead`` (the expander), ``variance_loss`` and
-                ``covariance_loss`` (VICReg's definitions), ``LARS``; the batched Sinkhorn
+                ``covariance_loss`` (VICReg's definitions), LARS in the official VICReg form
+                (``lars.py``); the batched Sinkhorn
                 solver of ``cxrbench.methods.sinkhorn`` (POT is its reference in the tests).
 
 The method, step by step (spec sections in brackets):
@@ -29,24 +30,29 @@ The method, step by step (spec sections in brackets):
    L = 0.6 L_OT + 25 [var(q_s) + var(q_t)] + 1 [cov(q_s) + cov(q_t)], VICReg's var and cov.
    There is no separate invariance term: the OT term aligns the views.
 
-=====================  ========================  ==============  ==============  ==============
-hyperparameter         paper / spec              paper profile   quick profile   smoke profile
-=====================  ========================  ==============  ==============  ==============
-backbone               ResNet-18, random init    same            same            same
-expander               3 x 2048                  2048            2048            256
-alpha / beta / eta     0.6 / 25 / 1              same            same            same
-CV-SIM heads           8 (spec)                  8               8               8
-Sinkhorn eps           0.05 (spec)               0.05            0.05            0.05
-Sinkhorn stop          1e-5 or 100 iterations    same            same            same
-optimiser              LARS, lr 3e-4, wd 1e-4    same            same            same
+Official against ours: "ours" is the method's default; a profile may override a default
+under ``methods: {optiml: ...}`` and sets batch, epochs and image size. ``bench list methods
+--details optiml`` prints every hyperparameter under every profile, read from the profile
+files (so it cannot drift).
+
+=====================  ========================  ======================
+hyperparameter         paper / spec              ours (default)
+=====================  ========================  ======================
+backbone               ResNet-18, random init    same
+expander               3 x 2048                  2048
+alpha / beta / eta     0.6 / 25 / 1              same
+CV-SIM heads           8 (spec)                  8
+Sinkhorn eps           0.05 (spec)               0.05
+Sinkhorn stop          1e-5 or 100 iterations    same
+optimiser              LARS, lr 3e-4, wd 1e-4    same
                        (biases/BN excluded: spec)
-LARS trust coefficient not stated; ours 1.0       1.0             1.0             1.0
-warm-up, schedule      not stated; ours:         10 epochs       0.5 epoch       0
+LARS trust coefficient not stated; ours 1.0      1.0
+warm-up, schedule      not stated; ours:         10 epochs
                        linear warm-up + cosine
-batch size             64                        64              64              16
-epochs                 300                       300             3               4 steps
-image size             224 (n = 49)              224             64 (n = 4)      64 (n = 4)
-=====================  ========================  ==============  ==============  ==============
+batch size             64                        the profile's
+epochs                 300                       the profile's
+image size             224 (n = 49)              the profile's
+=====================  ========================  ======================
 
 Views: not stated in the paper; ours (spec): VICReg's recipe on one grey channel, as in
 ``vicreg.py`` (crop 0.08-1, flip, brightness/contrast 0.4 p 0.8, blur 1.0/0.1, solarise 0/0.2).
@@ -70,6 +76,10 @@ code does); the OT term is one problem per image, solved by the process that hol
 Deviations from the spec: the alternatives it names but does not make default
 (``ot.space: positions``, ``cvsim.mode: spatial``, ``cvsim.shared: false``, ``ot.grad:
 unroll``) are not implemented yet.
+
+Profiles: ``expander_dim`` (smoke) narrows the expander so that the smoke profile, which
+only checks that the pipeline runs, stays within seconds; the warm-up is shortened by the
+short profiles.
 """
 
 from __future__ import annotations
@@ -81,7 +91,7 @@ import torch
 import torch.nn.functional as F
 from lightly.loss.vicreg_loss import covariance_loss, variance_loss
 from lightly.models.modules.heads import VICRegProjectionHead
-from lightly.utils.lars import LARS
+from cxrbench.methods.lars import LARS
 from torch import nn
 
 from cxrbench.distributed import gather_with_gradients

@@ -29,20 +29,30 @@ What the official 2D model does, and this file does in the same order:
 * SGD (momentum 0.9, weight decay 1e-4 on all parameters), lr 0.01 at batch 64, cosine to 0
   per epoch, no warm-up. Only the encoder is exported.
 
-=====================  ======================  ==============  ==============  ==============
-hyperparameter         official (2D chest)     paper profile   quick profile   smoke profile
-=====================  ======================  ==============  ==============  ==============
-encoder init           ImageNet (smp default)  random          random          random
-global / local size    224 / 96                224 / 96        64 / 32         64 / 32
-local crops            6                       6               6               2
-Cutout                 3 holes of 32 px        3 x 32 px       3 x 9 px        3 x 9 px
-lr                     0.01 @ batch 64         0.01            0.01            0.0025 @ 16
-weight decay           1e-4                    1e-4            1e-4            1e-4
-beta schedule          cosine 1 -> 0 over 240  over training   over training   over training
-                       epochs (per epoch)      (per step)      (per step)      (per step)
-batch size             64 (4 GPUs, BN per GPU) 64              64              16
-epochs                 240                     300             3               4 steps
-=====================  ======================  ==============  ==============  ==============
+Official against ours: "ours" is the method's default; a profile may override a default
+under ``methods: {pcrlv2: ...}`` and sets batch, epochs and image size. ``bench list methods
+--details pcrlv2`` prints every hyperparameter under every profile, read from the profile
+files (so it cannot drift).
+
+=====================  ======================  ======================
+hyperparameter         official (2D chest)     ours (default)
+=====================  ======================  ======================
+encoder init           ImageNet (smp default)  random
+decoder init           Kaiming-uniform convs,  same (reconstruction head:
+                       Xavier linears, BN 1/0; Xavier, as smp's head)
+                       head: smp's Xavier
+global / local size    224 / 96                224 / 96
+local crops            6                       6
+Cutout                 3 holes of 32 px after  3 x 32 px after
+                       normalisation (fill 0)  normalisation (fill 0)
+lr                     0.01 @ batch 64         0.01
+weight decay           1e-4                    1e-4
+beta schedule          cosine 1 -> 0 over 240  over training
+                       epochs (per epoch)      (per step)
+lr schedule            cosine to 0 per epoch   cosine to 0 per epoch
+batch size             64 (4 GPUs, BN per GPU) the profile's
+epochs                 240                     the profile's
+=====================  ======================  ======================
 
 Deviations and why
 ------------------
@@ -50,8 +60,9 @@ Deviations and why
   random weights (the ImageNet start is the Sup.2 row's role); ``encoder_init: imagenet``
   restores the official choice where the weights are available.
 * Sizes scale with the profile's image size (local crop = image x 96/224 rounded to a multiple
-  of 32, Cutout holes = image x 32/224); smoke uses 2 local crops to stay within seconds.
-* beta and the learning rate follow the pretraining progress per step rather than per epoch.
+  of 32, Cutout holes = image x 32/224); smoke uses 2 local crops (``num_local_crops``) to stay within seconds.
+* beta follows the pretraining progress per step rather than per epoch (the learning rate
+  is set per epoch, as official).
 * Grey radiographs: random greyscale is a no-op; jitter keeps brightness/contrast 0.4
   (saturation/hue dropped); the reconstruction target keeps the official 3-channel,
   ImageNet-normalised form of the grey image.
@@ -116,12 +127,33 @@ class DecoderBlock(nn.Module):
         return x, projection, self.predictor(projection)
 
 
+def initialise_decoder_blocks(module: nn.Module) -> None:
+    """Official ``initialize_decoder`` (models/pcrlv2_model.py): Kaiming-uniform convolutions
+    (fan_in, ReLU), Xavier-uniform linears, zero biases, BatchNorm2d at 1 / 0 (BatchNorm1d keeps
+    torch's default, which is the same 1 / 0)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_uniform_(layer.weight, mode="fan_in", nonlinearity="relu")
+        elif isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.ones_(layer.weight)
+        else:
+            continue
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+
+
 class Decoder(nn.Module):
     def __init__(self, in_channels: int = 512):
         super().__init__()
         channels = (in_channels,) + DECODER_CHANNELS
         self.blocks = nn.ModuleList(DecoderBlock(a, b) for a, b in zip(channels[:-1], channels[1:]))
         self.reconstruction_head = nn.Conv2d(DECODER_CHANNELS[-1], 3, 3, padding=1)
+        initialise_decoder_blocks(self.blocks)
+        # the official reconstruction head is smp's segmentation head: Xavier-uniform, bias 0
+        nn.init.xavier_uniform_(self.reconstruction_head.weight)
+        nn.init.zeros_(self.reconstruction_head.bias)
 
     def forward(self, features: torch.Tensor, reconstruct: bool):
         """Per-scale (projection, prediction), and for global views the reconstruction and
@@ -140,8 +172,8 @@ class Decoder(nn.Module):
         return pairs, self.reconstruction_head(x), supervision
 
 
-def cutout(images: torch.Tensor, holes: int, length: int, generator=None) -> torch.Tensor:
-    """Zero ``holes`` squares of side ``length`` per image (centres uniform, clipped at borders)."""
+def cutout_keep_mask(images: torch.Tensor, holes: int, length: int, generator=None) -> torch.Tensor:
+    """1 outside and 0 inside ``holes`` squares of side ``length`` per image (centres uniform, clipped at borders)."""
     batch, _, height, width = images.shape
     rows = torch.arange(height, device=images.device).view(1, 1, height, 1)
     cols = torch.arange(width, device=images.device).view(1, 1, 1, width)
@@ -151,7 +183,13 @@ def cutout(images: torch.Tensor, holes: int, length: int, generator=None) -> tor
         cx = torch.randint(0, width, (batch, 1, 1, 1), device=images.device, generator=generator)
         inside = ((rows - cy).abs() * 2 < length) & ((cols - cx).abs() * 2 < length)
         keep &= ~inside
-    return images * keep
+    return keep.to(images.dtype)
+
+
+def cutout(images: torch.Tensor, holes: int, length: int, generator=None) -> torch.Tensor:
+    """Official Cutout: multiply by the keep mask. Applied to the *normalised* model input, as
+    the official transform list puts Cutout after Normalize: a hole is 0 there, the mean grey."""
+    return images * cutout_keep_mask(images, holes, length, generator)
 
 
 @register_method("pcrlv2")
@@ -160,6 +198,7 @@ class PCRLv2(Method):
     leaves_parameters_unused = True  # one decoder scale drawn per step
     description = "Preservational contrastive learning v2: multi-scale restoration + SimSiam-style global/local (Zhou et al. 2023)"
     Hyperparameters = PCRLv2Hyperparameters
+    lr_schedule_unit = "epoch"  # official train_2d.py: cosine over epochs
     checkpoint_attributes = ("beta", "scale_rng")
 
     def __init__(self, hyperparameters: PCRLv2Hyperparameters | None = None):
@@ -176,26 +215,32 @@ class PCRLv2(Method):
         self.scale_rng = random.Random(0)
 
     def make_views(self, images, generator=None):
-        """[global 1, global 2, clean target of global 1, local crops ...], all in [0, 1]."""
+        """[global 1, global 2, clean target of global 1, Cutout keep masks of globals 1 and 2,
+        local crops ...]; images in [0, 1]. The masks are applied after normalisation, in
+        ``training_step``, where the official transform applies Cutout."""
         hp = self.hparams
         size = images.shape[-1]
         local_size = max(32, round(size * 96 / 224 / 32) * 32)
         hole = max(1, round(size * 32 / 224))
         clean = [geometric(images, self.global_view, size, generator) for _ in range(2)]
-        corrupted = [cutout(appearance(view, self.global_view, generator), hp.cutout_holes, hole, generator) for view in clean]
+        corrupted, keep = [], []
+        for view in clean:
+            corrupted.append(appearance(view, self.global_view, generator))
+            keep.append(cutout_keep_mask(corrupted[-1], hp.cutout_holes, hole, generator))
         local = [appearance(geometric(images, self.local_view, local_size, generator), self.local_view, generator)
                  for _ in range(hp.num_local_crops)]
-        return corrupted + [clean[0]] + local
+        return corrupted + [clean[0]] + keep + local
 
     def _cos_loss(self, first, second, scale: int) -> torch.Tensor:
         (projection_a, prediction_a), (projection_b, prediction_b) = first[scale], second[scale]
         return 0.5 * (self.criterion(prediction_a, projection_b.detach()) + self.criterion(prediction_b, projection_a.detach()))
 
     def training_step(self, views):
-        global_1, global_2, target, *local_views = views
+        global_1, global_2, target, keep_1, keep_2, *local_views = views
         target = to_model_input(target)
-        pairs_1, reconstruction, supervision = self.decoder(dense_features(self.encoder, to_model_input(global_1)), True)
-        pairs_2, _, _ = self.decoder(dense_features(self.encoder, to_model_input(global_2)), False)
+        input_1, input_2 = to_model_input(global_1) * keep_1, to_model_input(global_2) * keep_2  # Cutout after Normalize
+        pairs_1, reconstruction, supervision = self.decoder(dense_features(self.encoder, input_1), True)
+        pairs_2, _, _ = self.decoder(dense_features(self.encoder, input_2), False)
         scales = len(DECODER_CHANNELS)
         global_scale = self.scale_rng.randrange(scales)
         global_loss = self._cos_loss(pairs_1, pairs_2, global_scale)

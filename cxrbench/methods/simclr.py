@@ -9,24 +9,35 @@ Official code:  github.com/google-research/simclr (TF; ``run.py``, ``objective.p
 Building blocks: lightly's ``NTXentLoss`` (in-batch negatives, 2N-2 per anchor, both
                 directions; ``gather_distributed=True`` collects the global batch under
                 multi-process training, as the official ``tpu_cross_replica_concat``),
-                ``SimCLRProjectionHead`` and ``LARS``.
+                ``ProjectionHead`` (the blocks below); LARS in the official form (``lars.py``).
 
-=====================  ====================  ==============  ==============  ==============
-hyperparameter         official              paper profile   quick profile   smoke profile
-=====================  ====================  ==============  ==============  ==============
-backbone               ResNet-50             ResNet-18       ResNet-18       ResNet-18
-projection head        2 layers, BN, 2048    2 layers, 512   2 layers, 512   2 layers, 512
-                       hidden -> 128         hidden -> 128   hidden -> 128   hidden -> 128
-temperature            0.1                   0.1             0.1             0.1
-optimiser              LARS, momentum 0.9    same            same            same
-base lr (x batch/256)  0.3 (linear scaling)  0.3             0.3             0.3
-weight decay           1e-6                  1e-6            1e-6            1e-6
-warm-up (epochs)       10                    10              0.5             0
-schedule               cosine to 0, per step (all profiles)
-batch size             4096                  64              64              16
-epochs                 100-1000              300             3               4 steps
-image size             224                   224             64              64
-=====================  ====================  ==============  ==============  ==============
+Official against ours. "ours" is the method's default (``SimCLRHyperparameters``); a profile
+may override a default under ``methods: {simclr: ...}``, and batch, epochs and image size are
+the profile's. ``bench list methods --details simclr`` prints the value of every
+hyperparameter under every profile, read from the profile files (so it cannot drift).
+
+=====================  ===============================  ===============================
+hyperparameter         official (SimCLR v1)             ours (default)
+=====================  ===============================  ===============================
+backbone               ResNet-50                        ResNet-18 (the OPTiML protocol)
+projection head        Linear(no bias)-BN-ReLU,         same, 512 hidden (the backbone's
+                       Linear(no bias)-BN without       width, as official: the hidden
+                       shift (center=False); hidden =   width is the input's) -> 128
+                       backbone width (2048) -> 128
+loss                   mean CE of view a's anchors +    same (2 x lightly's NTXentLoss,
+                       mean CE of view b's (objective   which averages over all 2N)
+                       .py: loss_a + loss_b)
+temperature            0.1                              0.1
+optimiser              LARS, momentum 0.9, eta 1e-3;    the same LARS (``lars.py``), the
+                       biases and BN excluded from      rate outside the momentum buffer
+                       decay and adaptation
+base lr (x batch/256)  0.3 (linear scaling)             0.3
+weight decay           1e-6                             1e-6
+warm-up                10 epochs, first step's rate 0   10 epochs (profiles may shorten
+                                                        it), first step's rate 0
+schedule               cosine to 0, per step            cosine to 0, per step
+batch size / epochs    4096 / 100-1000                  pretrain.batch_size / .epochs
+=====================  ===============================  ===============================
 
 Views (official ``preprocess_for_train``): random crop with resize (area 0.08-1, aspect
 3/4-4/3), flip 0.5, colour distortion of strength 1 (brightness 0.8, contrast 0.8,
@@ -36,13 +47,17 @@ sigma 0.1-2.0), the same recipe for both views.
 Deviations and why
 ------------------
 * ResNet-18, batch 64, 300 epochs: the OPTiML paper's protocol for all baselines. The hidden
-  width of the head follows the backbone's feature width (512), as the official head does
-  (it keeps the input width).
+  width of the head follows the backbone's feature width (512), as the official head does.
+* The v1 head (2 layers), as the SimCLR paper; the repository's default since v2 is 3
+  layers (``--num_proj_layers=3``).
 * Grey radiographs: colour distortion keeps brightness 0.8 and contrast 0.8; saturation, hue
   and random greyscale have no meaning on one channel and are dropped.
 * Crops are bilinear through ``roi_align``; blur sigma scales with image size.
 * Batch 64 gives 126 negatives per anchor instead of 8190: this is the paper's protocol,
   and it is the reason SimCLR is weakest at small batch in the SimCLR paper.
+* LARS keeps the learning rate outside the momentum buffer (as official VICReg and BYOL);
+  official SimCLR puts it inside. The steps are equal while the rate is constant and differ
+  while warm-up or the cosine change it, by the rate's change over the momentum's memory.
 """
 
 from __future__ import annotations
@@ -50,8 +65,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lightly.loss import NTXentLoss
-from lightly.models.modules.heads import SimCLRProjectionHead
-from lightly.utils.lars import LARS
+from lightly.models.modules.heads import ProjectionHead
+from torch import nn
+from cxrbench.methods.lars import LARS
 
 from cxrbench.methods.augment import ViewRecipe, augment
 from cxrbench.methods.backbone import FEATURE_DIM, to_model_input
@@ -73,16 +89,28 @@ class SimCLRHyperparameters:
     jitter_strength: float = 1.0
 
 
+def simclr_v1_head(in_dim: int, out_dim: int) -> ProjectionHead:
+    """Official SimCLR v1 projection head: Linear-BN-ReLU, Linear-BN without shift (center=False).
+
+    No linear layer has a bias (each is followed by BatchNorm); the hidden width is the input's.
+    lightly's ``SimCLRProjectionHead`` gives the last BatchNorm a learned shift, so the blocks
+    are spelt out here.
+    """
+    last_norm = nn.BatchNorm1d(out_dim)
+    last_norm.register_parameter("bias", None)  # scale learned, shift not (TF's center=False)
+    return ProjectionHead([(in_dim, in_dim, nn.BatchNorm1d(in_dim), nn.ReLU()), (in_dim, out_dim, last_norm, None)])
+
+
 @register_method("simclr")
 class SimCLR(Method):
     display_name = "SimCLR"
-    description = "Contrastive NT-Xent with in-batch negatives (Chen et al. 2020), lightly loss + LARS"
+    description = "Contrastive NT-Xent with in-batch negatives (Chen et al. 2020), lightly loss + official-form LARS"
     Hyperparameters = SimCLRHyperparameters
 
     def __init__(self, hyperparameters: SimCLRHyperparameters | None = None):
         super().__init__(hyperparameters)
         hp = self.hparams
-        self.projection_head = SimCLRProjectionHead(FEATURE_DIM, FEATURE_DIM, hp.projection_dim, num_layers=2)
+        self.projection_head = simclr_v1_head(FEATURE_DIM, hp.projection_dim)
         self.criterion = NTXentLoss(temperature=hp.temperature, gather_distributed=True)
         strength = 0.8 * hp.jitter_strength
         self.view = ViewRecipe(crop_scale=hp.crop_scale, brightness=strength, contrast=strength, blur_probability=0.5)
@@ -92,7 +120,9 @@ class SimCLR(Method):
 
     def training_step(self, views):
         first, second = (self.projection_head(self.encoder(to_model_input(view))) for view in views)
-        loss = self.criterion(first, second)
+        # official objective: loss_a + loss_b, each a mean over its N anchors; lightly's
+        # NTXentLoss is the mean over all 2N anchors, half of that
+        loss = 2 * self.criterion(first, second)
         return loss, {"loss": loss.item()}
 
     def build_optimizer(self, batch_size):

@@ -6,34 +6,44 @@ Paper:          Chen, He. "Exploring Simple Siamese Representation Learning", CV
 Official code:  github.com/facebookresearch/simsiam (``simsiam/builder.py``,
                 ``main_simsiam.py`` with ``--fix-pred-lr``).
 Building blocks: lightly's ``SimSiamProjectionHead`` (3 layers, BN on every layer, the
-                output BN without affine, as official), ``SimSiamPredictionHead`` (bottleneck
-                2048-512-2048, as official), ``NegativeCosineSimilarity``.
+                output BN without affine, as official), ``SimSiamPredictionHead``
+                (bottleneck, as official), ``NegativeCosineSimilarity``.
 
-=====================  ====================  ==============  ==============  ==============
-hyperparameter         official              paper profile   quick profile   smoke profile
-=====================  ====================  ==============  ==============  ==============
-backbone               ResNet-50             ResNet-18       ResNet-18       ResNet-18
-projector              3 x 2048, BN          512-2048-2048   512-2048-2048   512-256-256
-predictor              2048-512-2048         2048-512-2048   2048-512-2048   256-64-256
-loss                   symmetric -cos with stop-gradient on z (all profiles)
-optimiser              SGD, momentum 0.9     same            same            same
-base lr (x batch/256)  0.05                  0.05            0.05            0.05
-predictor lr           fixed (no decay)      fixed           fixed           fixed
-weight decay           1e-4                  1e-4            1e-4            1e-4
-schedule               cosine to 0, no warm-up
-batch size             512                   64              64              16
-epochs                 100                   300             3               4 steps
-image size             224                   224             64              64
-=====================  ====================  ==============  ==============  ==============
+Official against ours. "ours" is the method's default (``SimSiamHyperparameters``); a
+profile may override a default under ``methods: {simsiam: ...}``, and batch, epochs and
+image size are the profile's. ``bench list methods --details simsiam`` prints the value of
+every hyperparameter under every profile, read from the profile files (so it cannot drift).
+
+=====================  ================================  ================================
+hyperparameter         official                          ours (default)
+=====================  ================================  ================================
+backbone               ResNet-50, zero_init_residual     ResNet-18, zero_init_residual
+projector              f-f-2048 with f the backbone's    512-512-2048 (f = 512),
+                       width (2048-2048-2048), BN on     BN on every layer, the last
+                       every layer, the last without     without affine
+                       affine
+predictor              2048-512-2048                     2048-512-2048
+loss                   symmetric -cos, stop-gradient     same
+optimiser              SGD, momentum 0.9, wd 1e-4 on     same
+                       all parameters
+base lr (x batch/256)  0.05                              0.05
+predictor lr           fixed (``--fix-pred-lr``)         fixed
+schedule               cosine to 0 set once per epoch,   cosine to 0 set once per epoch,
+                       no warm-up                        no warm-up
+batch size / epochs    512 / 100                         pretrain.batch_size / .epochs
+=====================  ================================  ================================
 
 Views (official, MoCo v2's): RandomResizedCrop(scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1)
 p 0.8, greyscale p 0.2, GaussianBlur(0.1-2.0) p 0.5, flip, the same for both views.
 
 Deviations and why
 ------------------
-* ResNet-18, batch 64, 300 epochs: the OPTiML paper's protocol for all baselines; the first
-  projector layer takes the 512-d ResNet-18 features.
+* ResNet-18, batch 64, 300 epochs: the OPTiML paper's protocol for all baselines.
+* The projector's last linear layer has no bias (lightly); the official one has a bias that
+  it freezes (``requires_grad=False``) and an affine-free BN after it: the same function.
 * Grey radiographs: saturation, hue and greyscale dropped; brightness/contrast kept.
+* ``projection_dim`` and ``prediction_hidden_dim`` (smoke): narrower heads, so that the smoke
+  profile, which only checks that the pipeline runs, stays within seconds.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ from cxrbench.methods.registry import register_method
 @dataclass
 class SimSiamHyperparameters:
     projection_dim: int = 2048
+    projection_hidden_dim: int = FEATURE_DIM  # official: the backbone's feature width
     prediction_hidden_dim: int = 512
     base_lr: float = 0.05
     weight_decay: float = 1e-4
@@ -66,11 +77,13 @@ class SimSiam(Method):
     display_name = "SimSiam"
     description = "Siamese network with predictor and stop-gradient (Chen & He 2021)"
     Hyperparameters = SimSiamHyperparameters
+    zero_init_residual = True  # official builder: models.__dict__[arch](zero_init_residual=True)
+    lr_schedule_unit = "epoch"  # official adjust_learning_rate runs once per epoch
 
     def __init__(self, hyperparameters: SimSiamHyperparameters | None = None):
         super().__init__(hyperparameters)
         hp = self.hparams
-        self.projection_head = SimSiamProjectionHead(FEATURE_DIM, hp.projection_dim, hp.projection_dim)
+        self.projection_head = SimSiamProjectionHead(FEATURE_DIM, hp.projection_hidden_dim, hp.projection_dim)
         self.prediction_head = SimSiamPredictionHead(hp.projection_dim, hp.prediction_hidden_dim, hp.projection_dim)
         self.criterion = NegativeCosineSimilarity()
         self.view = ViewRecipe(crop_scale=hp.crop_scale, blur_probability=0.5)

@@ -8,24 +8,30 @@ Official code:  github.com/facebookresearch/vicreg (``main_vicreg.py``, ``augmen
 Building blocks: lightly's ``VICRegLoss`` (same three terms, same 1e-4 epsilon, variance
                 averaged over the two branches, covariance summed over them and divided by
                 the feature dimension, gathering across processes as a constructor flag) and
-                ``VICRegProjectionHead``; lightly's ``LARS``.
+                ``VICRegProjectionHead``; LARS in the official form (``lars.py``).
 
-=====================  =================  ==============  ==============  ==============
-hyperparameter         official           paper profile   quick profile   smoke profile
-=====================  =================  ==============  ==============  ==============
-backbone               ResNet-50          ResNet-18       ResNet-18       ResNet-18
-expander               8192-8192-8192     2048-2048-2048  2048-2048-2048  256-256-256
-sim / std / cov coeff  25 / 25 / 1        25 / 25 / 1     25 / 25 / 1     25 / 25 / 1
-optimiser              LARS, eta 0.001,   same            same            same
+Official against ours: "ours" is the method's default; a profile may override a default
+under ``methods: {vicreg: ...}`` and sets batch, epochs and image size. ``bench list methods
+--details vicreg`` prints every hyperparameter under every profile, read from the profile
+files (so it cannot drift).
+
+=====================  =================  ======================
+hyperparameter         official           ours (default)
+=====================  =================  ======================
+backbone               ResNet-50,         ResNet-18,
+                       zero_init_residual zero_init_residual
+expander               8192-8192-8192     2048-2048-2048
+sim / std / cov coeff  25 / 25 / 1        25 / 25 / 1
+optimiser              LARS, eta 0.001,   same
                        momentum 0.9
-base lr (x batch/256)  0.2                0.2             0.2             0.2
-weight decay           1e-6               1e-6            1e-6            1e-6
-warm-up (epochs)       10                 10              0.5             0
-schedule               cosine to 0.001 x peak lr, per step (all profiles)
-batch size             2048               64              64              16
-epochs                 1000 (100 default) 300             3               4 steps
-image size             224                224             64              64
-=====================  =================  ==============  ==============  ==============
+base lr (x batch/256)  0.2                0.2
+weight decay           1e-6               1e-6
+warm-up (epochs)       10                 10
+schedule               cosine to 0.001 x peak lr, per step; first warm-up step's rate 0
+batch size             2048               the profile's
+epochs                 1000 (100 default) the profile's
+image size             224                the profile's
+=====================  =================  ======================
 
 Views (official ``TrainTransform``): RandomResizedCrop(224, scale 0.08-1, bicubic), flip 0.5,
 ColorJitter(0.4, 0.4, 0.2, 0.1) with p 0.8, RandomGrayscale 0.2, GaussianBlur p 1.0 / 0.1
@@ -35,7 +41,7 @@ Deviations and why
 ------------------
 * ResNet-18, 2048-wide expander, batch 64, 300 epochs: the OPTiML paper's protocol for every
   baseline (its expander is 3 x 2048). Smaller profiles shrink epochs and, for ``smoke``, the
-  expander, only to fit their time budget.
+  expander width (``expander_dim``), only to fit their time budget.
 * Grey radiographs: saturation and hue jitter and random greyscale are dropped (no colour);
   brightness 0.4 / contrast 0.4 with p 0.8 are kept. Crops are bilinear (``roi_align``)
   rather than bicubic. Blur sigma is scaled with the image size (0.1-2.0 px at 224 px).
@@ -43,8 +49,9 @@ Deviations and why
   ``bias=False`` there. The effect on the loss is a constant shift absorbed by the
   invariance term; kept for the shared building block.
 * LARS exclusion: official filters 1-D parameters (biases, BN) from both weight decay and
-  adaptation; here they are put in a group with weight decay 0, which lightly's LARS also
-  excludes from adaptation: the same rule.
+  adaptation; here they are put in a group with weight decay 0, which our LARS (``lars.py``,
+  the official trust ratio eta ||w|| / ||g + wd w||) excludes from both: the same rule.
+* zero_init_residual as official: each residual block starts as the identity.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ from dataclasses import dataclass
 import torch
 from lightly.loss import VICRegLoss
 from lightly.models.modules.heads import VICRegProjectionHead
-from lightly.utils.lars import LARS
+from cxrbench.methods.lars import LARS
 
 from cxrbench.methods.augment import ViewRecipe, augment
 from cxrbench.methods.backbone import FEATURE_DIM, to_model_input
@@ -80,8 +87,9 @@ class VICRegHyperparameters:
 @register_method("vicreg")
 class VICReg(Method):
     display_name = "VICReg"
-    description = "Variance-invariance-covariance regularisation (Bardes et al. 2022), lightly loss + LARS"
+    description = "Variance-invariance-covariance regularisation (Bardes et al. 2022), lightly loss + official-form LARS"
     Hyperparameters = VICRegHyperparameters
+    zero_init_residual = True  # official main_vicreg.py: resnet.__dict__[arch](zero_init_residual=True)
 
     def __init__(self, hyperparameters: VICRegHyperparameters | None = None):
         super().__init__(hyperparameters)

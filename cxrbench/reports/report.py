@@ -21,12 +21,15 @@ from cxrbench.reports import figures
 from cxrbench.reports.reference import load_reference
 from cxrbench.reports.tables import (
     ABLATION_CAPTION,
+    ABLATION_CAPTION_PUBLISHED,
     TABLES,
     ReportError,
     build_ablation_table,
     caption_for,
     layout,
     load_records,
+    mark_significance,
+    profile_note,
     printed_delta_disagreements,
     reference_records,
     render_latex,
@@ -96,19 +99,24 @@ def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | No
             raise ReportError(f"--baseline {baseline}: no such method in these records (present: {', '.join(sorted(known))})")
     for protocol, (stem, title, metric, what) in tables.items():
         if ours is not None and paper is not None and protocol in PAPER_TABLES:
-            table = side_by_side(summarise(ours, protocol, metric), summarise(_paper_table(paper, protocol), protocol, metric), baseline)
+            ours_tested = mark_significance(layout(summarise(ours, protocol, metric), baseline), ours, results_dir, protocol)
+            table = side_by_side(ours_tested, summarise(_paper_table(paper, protocol), protocol, metric), baseline)
             if table.empty:
                 continue
             caption = (f"{title}: our cells [ours] and the paper's Table {PAPER_TABLES[protocol]} [paper]. {what}; deltas to "
                        f"each source's own baseline row (bs). Our phantom-X datasets are shown under X: phantom numbers "
-                       f"are not chest X-ray results.")
+                       f"are not chest X-ray results. Arrows mark our deltas that are significant "
+                       f"({sum(c.significant for c in ours_tested.cells.values())} of "
+                       f"{sum(c.delta is not None for c in ours_tested.cells.values())}: paired DeLong / t tests, Holm over "
+                       f"our cells at 5 %); the paper publishes no intervals, so none of its deltas is marked; no bold "
+                       f"across the two sources.") + profile_note(ours)
             stem = f"{stem}_vs_paper"
             footnotes = []
         elif ours is not None:
-            table = layout(summarise(ours, protocol, metric), baseline)
+            table = mark_significance(layout(summarise(ours, protocol, metric), baseline), ours, results_dir, protocol)
             if table.empty:
                 continue
-            caption = caption_for(title, what, table.baseline, baseline is not None)
+            caption = caption_for(title, what, table.baseline, baseline is not None, table) + profile_note(ours)
             footnotes = []
         else:
             if protocol not in PAPER_TABLES:
@@ -116,7 +124,8 @@ def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | No
             table = layout(summarise(_paper_table(paper, protocol), protocol, metric), baseline)
             if table.empty:
                 continue
-            caption = caption_for(f"{title}, from the paper's published numbers ({reference})", what, table.baseline, True)
+            caption = caption_for(f"{title}, from the paper's published numbers ({reference})", what, table.baseline, True,
+                                  published=True)
             footnotes = printed_delta_disagreements(reference_table, table, PAPER_TABLES[protocol])
             if footnotes:
                 caption += f" Deltas recomputed from the numbers; {len(footnotes)} printed delta(s) disagree, listed below."
@@ -126,12 +135,12 @@ def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | No
         written += files
         page.table(title, markdown, files)
 
-    ablation_sources = [(ours, "table3_ablation", ABLATION_CAPTION)] if ours is not None else []
+    ablation_sources = [(ours, "table3_ablation", ABLATION_CAPTION + profile_note(ours), results_dir)] if ours is not None else []
     if paper is not None:
         ablation_sources.append((paper[paper["table"] == "III"], "table3_ablation_paper",
-                                 ABLATION_CAPTION.replace("on the test split", f"from the paper's published numbers ({reference})")))
-    for records, stem, caption in ablation_sources:
-        ablation = build_ablation_table(records)
+                                 ABLATION_CAPTION_PUBLISHED.format(reference=reference), None))
+    for records, stem, caption, tested_in in ablation_sources:
+        ablation = build_ablation_table(records, tested_in)
         if ablation.empty:
             continue
         markdown = f"{caption}\n\n" + tabulate(ablation.values.tolist(), headers=list(ablation.columns), tablefmt="pipe", stralign="center") + "\n"
@@ -141,6 +150,7 @@ def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | No
         page.table("Table III: OPTiML ablation", markdown, files)
 
     if ours is not None:
+        written += _learning_check(Path(results_dir), out_dir, page)
         written += _figures(Path(results_dir), ours, out_dir, page, tables)
         tests_path = Path(results_dir) / "paired-tests.csv"
         if tests_path.is_file():
@@ -152,6 +162,42 @@ def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | No
         raise ReportError(f"{results_dir}: records hold no finetune, frozen or segmentation results with a defined score")
     written += _write_pages(page, out_dir)
     return written
+
+
+LEARNING_CAPTION = (
+    "Learning check: each method's cells minus the random-initialisation row (Sup.1), x 100, with the 95 % interval "
+    "of the paired test (DeLong for mean AUROC, paired t for Dice; the union over seeds). ✓: significantly above "
+    "random initialisation (Holm over the protocol's cells at 5 %; with several seeds, every seed). A method with no "
+    "✓ did not learn here: on these data and this budget it is not distinguishable from a random network. The frozen "
+    "probe evaluates every encoder, Sup.1 included, with the BatchNorm statistics it has (a random network's are its "
+    "initial ones), as the linear-probe protocols of MoCo, SimCLR and VICReg do.")
+
+
+def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]:
+    from cxrbench.benchmark.comparisons import did_not_learn, learning_check
+
+    check = learning_check(results_dir)
+    if check.empty:
+        return []
+    verdicts = did_not_learn(check)
+    check = check.assign(column=[f"{p} {d} {_fraction_label_short(f)}" for p, d, f in
+                                 zip(check["protocol"], check["dataset"], check["label_fraction"])],
+                         text=[f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (" ✓" if s else "")
+                               for d, lo, hi, s in zip(check["difference"], check["low"], check["high"], check["significant"])])
+    frame = check.pivot_table(index="display_name", columns="column", values="text", aggfunc="first", sort=False).fillna("–")
+    names = dict(zip(check["display_name"], check["method"]))
+    frame.insert(0, "verdict", ["did not learn here" if names[name] in verdicts else "learned" for name in frame.index])
+    frame = frame.reset_index().rename(columns={"display_name": "Method"})
+    markdown = (f"{LEARNING_CAPTION}\n\n" + tabulate(frame.values.tolist(), headers=list(frame.columns), tablefmt="pipe",
+                                                      stralign="center") + "\n")
+    files = _write_table(out_dir, "learning_check", markdown, render_latex(frame.set_index("Method"), LEARNING_CAPTION,
+                                                                            "tab:learning_check"), check.drop(columns=["column", "text"]))
+    page.table("Learning check: does each method beat a random network?", markdown, files)
+    return files
+
+
+def _fraction_label_short(fraction: float) -> str:
+    return f"{fraction:g}%"
 
 
 def _figures(results_dir: Path, records: pd.DataFrame, out_dir: Path, page: _Page, tables: dict) -> list[Path]:

@@ -12,6 +12,7 @@ Reports only read records; they never re-train.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ def load_records(results_dir: Path) -> pd.DataFrame:
                 "record_file": str(path.relative_to(Path(results_dir))),
                 "git_commit": (record.get("environment") or {}).get("git_commit"),
                 "config_sha1": hashlib.sha1(json.dumps(record.get("config"), sort_keys=True, default=str).encode()).hexdigest()[:12],
+                "profile": ((record.get("config") or {}).get("profile") or {}).get("name"),
                 "created": record.get("created"),
             })
         except (KeyError, json.JSONDecodeError, AttributeError) as error:
@@ -97,7 +99,8 @@ class Cell:
     std: float | None = None
     seeds: int = 0
     delta: float | None = None  # to the baseline row; None in the baseline row itself
-    best: bool = False
+    best: bool = False  # bold: the column's best, or not significantly below it
+    significant: bool = False  # the delta passed the paired test (Holm over the table's cells)
 
     def text(self, latex: bool = False) -> str:
         if self.mean is None:
@@ -107,7 +110,8 @@ class Cell:
             text += (" $\\pm$ " if latex else " ± ") + f"{self.std:.1f}"
         if self.delta is not None:
             shown = round(self.delta, 1) + 0.0  # the arrow follows the printed value (+ 0.0: no "-0.0")
-            arrow = "↑" if shown > 0 else "↓" if shown < 0 else ""
+            # an arrow only for a significant difference: a printed delta alone is no result
+            arrow = ("↑" if shown > 0 else "↓" if shown < 0 else "") if self.significant else ""
             if latex:
                 arrow = {"↑": "$\\uparrow$", "↓": "$\\downarrow$"}.get(arrow, "")
             text += f" ({shown:+.1f}){arrow}"
@@ -123,6 +127,9 @@ class Table:
     cells: dict[tuple[str, tuple[str, float]], Cell]
     baseline: str | None
     summary: pd.DataFrame
+    methods: dict[str, str] = None  # row label -> method name
+    # how the bold and the arrows were decided, for the caption (None: not tested)
+    significance: str | None = None
 
     def frame(self, latex: bool = False) -> pd.DataFrame:
         data = {row: [self.cells.get((row, column), Cell()).text(latex) for column in self.columns] for row in self.rows}
@@ -154,7 +161,7 @@ def summarise(records: pd.DataFrame, protocol: str, metric: str = "mean_auroc") 
 def layout(summary: pd.DataFrame, baseline: str | None = None, *, bold: bool = True) -> Table:
     """Rows (baselines first), columns in the paper's order, deltas to the baseline, best in bold."""
     if summary.empty:
-        return Table([], [], {}, None, summary)
+        return Table([], [], {}, None, summary, {})
     methods = summary.drop_duplicates("method").sort_values(["is_baseline", "method"], ascending=[False, True])
     present = list(methods["method"])
     if baseline is None:
@@ -164,10 +171,11 @@ def layout(summary: pd.DataFrame, baseline: str | None = None, *, bold: bool = T
     columns = sorted({(d, f) for d, f in zip(summary["dataset"], summary["label_fraction"])}, key=_column_order)
     lookup = {(r.method, r.dataset, r.label_fraction): r for r in summary.itertuples()}
     best = {column: max(r.mean for key, r in lookup.items() if key[1:] == column) for column in columns}
-    rows, cells = [], {}
+    rows, cells, labels = [], {}, {}
     for method in methods.itertuples():
         label = method.display_name + (" (bs)" if method.method == baseline else "")
         rows.append(label)
+        labels[label] = method.method
         for column in columns:
             entry = lookup.get((method.method,) + column)
             if entry is None:
@@ -176,7 +184,93 @@ def layout(summary: pd.DataFrame, baseline: str | None = None, *, bold: bool = T
             delta = round(entry.mean - reference.mean, 6) if reference is not None and method.method != baseline else None
             cells[(label, column)] = Cell(entry.mean, entry.std, int(entry.seeds), delta,
                                           bold and len(methods) > 1 and bool(np.isclose(entry.mean, best[column])))
-    return Table(rows, columns, cells, baseline, summary)
+    return Table(rows, columns, cells, baseline, summary, labels)
+
+
+# --- significance: arrows and bold from paired tests on the stored predictions
+
+
+def _combine_seeds(differences: list[float], p_values: list[float]) -> float:
+    """One p-value for a cell of several seeds: the intersection-union test.
+
+    The seeds share their test images, so their tests are not independent and cannot be
+    pooled as if they were; a cell counts as different only when every seed's test says so
+    in the same direction, i.e. its p-value is the largest of the seeds'.
+    """
+    if not p_values or any(p != p for p in p_values):
+        return float("nan")
+    if len({np.sign(d) for d in differences}) > 1:
+        return 1.0
+    return max(p_values)
+
+
+def mark_significance(table: Table, records: pd.DataFrame, results_dir: Path, protocol: str, alpha: float = 0.05) -> Table:
+    """Arrows where a delta to the baseline is significant (Holm over the table's cells), bold for
+    the best of each column and every row not significantly below it (Holm within the column).
+
+    Tests are the exact-resolution paired tests of ``paired-tests.csv`` (DeLong for AUROC,
+    paired t for Dice), and the same tests between each row and the column's best, computed
+    here from the stored predictions.
+    """
+    from cxrbench.benchmark.comparisons import exact_test_between
+    from cxrbench.benchmark.statistics import holm_reject
+
+    if table.empty:
+        return table
+    subset = records[records["protocol"] == protocol]
+    files = {(r.method, r.dataset, r.label_fraction, r.seed): r.record_file for r in subset.itertuples()}
+
+    def cell_test(method_a: str, method_b: str, column) -> float:
+        seeds = sorted(seed for (m, d, f, seed) in files if m == method_a and (d, f) == column
+                       and (method_b, d, f, seed) in files)
+        differences, p_values = [], []
+        for seed in seeds:
+            test = exact_test_between(results_dir, files[(method_a,) + column + (seed,)], files[(method_b,) + column + (seed,)])
+            if test is None:
+                return float("nan")
+            differences.append(test.difference)
+            p_values.append(test.p_value)
+        return _combine_seeds(differences, p_values)
+
+    testable = False
+    # deltas to the baseline: one family, the table's cells
+    if table.baseline is not None:
+        tested = [(label, column) for (label, column), cell in table.cells.items() if cell.delta is not None]
+        p_values = [cell_test(table.methods[label], table.baseline, column) for label, column in tested]
+        testable |= any(p == p for p in p_values)
+        for (label, column), reject in zip(tested, holm_reject(p_values, alpha)):
+            table.cells[(label, column)].significant = reject
+    # bold: every row not significantly below the column's best; one family per column
+    for column in table.columns:
+        present = [(label, table.cells[(label, column)]) for label in table.rows if (label, column) in table.cells]
+        if len(present) < 2:
+            continue
+        best_label, best_cell = max(present, key=lambda item: item[1].mean)
+        others = [(label, cell) for label, cell in present if label != best_label]
+        p_values = [cell_test(table.methods[best_label], table.methods[label], column) for label, _ in others]
+        testable |= any(p == p for p in p_values)
+        for (_, cell), p_value, reject in zip(others, p_values, holm_reject(p_values, alpha)):
+            cell.best = not reject and not np.isnan(p_value)  # untestable: not claimed tied
+        best_cell.best = True
+    table.significance = "tested" if testable else None
+    return table
+
+
+def significance_sentence(table: Table) -> str:
+    """The caption's account of the arrows and the bold."""
+    if table.significance is None:
+        return ("No paired predictions to test: no difference is marked significant (no arrows); bold marks the "
+                "highest value only.")
+    deltas = [cell for cell in table.cells.values() if cell.delta is not None]
+    significant = sum(cell.significant for cell in deltas)
+    if not deltas:
+        return ("Bold: each column's best and every row not significantly below it (paired DeLong test of mean "
+                "AUROC, or paired t-test of per-image Dice; Holm within the column at 5 %).")
+    return (f"{significant} of {len(deltas)} cells differ significantly from the baseline row (arrows; paired DeLong "
+            f"test of mean AUROC, or paired t-test of per-image Dice, on the same test images; Holm-corrected over "
+            f"the table's {len(deltas)} cells at 5 %; with several seeds a cell counts only when every seed's test "
+            f"does). Other deltas are printed without an arrow. Bold: each column's best and every row not "
+            f"significantly below it (the same tests against the best, Holm within the column).")
 
 
 def build_table(records: pd.DataFrame, protocol: str, metric: str = "mean_auroc", baseline: str | None = None):
@@ -220,13 +314,34 @@ def render_latex(table: Table | pd.DataFrame, caption: str, label: str, footnote
             + "\\resizebox{\\textwidth}{!}{%\n" + body + "}\n" + notes + "\\end{table}\n")
 
 
-def caption_for(title: str, what: str, baseline: str | None, forced: bool) -> str:
+# profiles whose runs only show that the pipeline works end to end (too short for methods to learn)
+DEMONSTRATION_PROFILES = {"smoke": "smoke", "quick": "quick"}
+
+
+def profile_note(records: pd.DataFrame) -> str:
+    """A sentence for the captions of tables built from a demonstration profile's records."""
+    profiles = set(records["profile"].dropna()) if "profile" in records else set()
+    if not profiles or not profiles <= set(DEMONSTRATION_PROFILES):
+        return ""
+    names = " and ".join(sorted(profiles))
+    return (f" Profile {names}: this run demonstrates the pipeline (pretraining of a few dozen steps on 64 px "
+            f"phantom images); it is too short for the methods to learn, and its differences are not expected to be "
+            f"significant: the arrows and the learning check say which are.")
+
+
+def caption_for(title: str, what: str, baseline: str | None, forced: bool, table: Table | None = None,
+                published: bool = False) -> str:
+    if published:
+        marks = ("The paper publishes no intervals: no difference can be tested, so none is marked significant "
+                 "(no arrows); bold marks the highest published value.")
+    else:
+        marks = significance_sentence(table) if table is not None else ""
     if baseline is None:
-        return f"{title}. {what} on the test split; no baseline row in these records, so no deltas."
+        return f"{title}. {what} on the test split; no baseline row in these records, so no deltas. {marks}".strip()
     name = BASELINE_NAMES.get(baseline, baseline)
     reason = "" if baseline == "sup2" or forced else ", because Sup.2 has no records"
     return (f"{title}. {what} on the test split; in parentheses the difference to the baseline row (bs), "
-            f"{name}{reason}; best per column in bold; mean ± std over seeds where there are several.")
+            f"{name}{reason}; mean ± std over seeds where there are several. {marks}").strip()
 
 
 # --- Table III
@@ -236,8 +351,13 @@ ABLATION_DATASETS = ("phantom-nih", "nih")  # Table III is on the NIH(-like) dat
 ABLATION_FRACTIONS = (1.0, 10.0)
 
 
-def build_ablation_table(records: pd.DataFrame) -> pd.DataFrame:
-    """Table III: OPTiML variants x (1 %, 10 %) fine-tune mean AUROC on the NIH-like dataset."""
+def build_ablation_table(records: pd.DataFrame, results_dir: Path | None = None) -> pd.DataFrame:
+    """Table III: OPTiML variants x (1 %, 10 %) fine-tune mean AUROC on the NIH-like dataset.
+
+    Bold: each column's best and, with ``results_dir`` (our records), every variant not
+    significantly below it (paired DeLong tests on the stored predictions, Holm within the
+    column); without it (published numbers), the highest value only.
+    """
     subset = records[
         records["ablation"].notna()
         & (records["protocol"] == "finetune")
@@ -248,6 +368,7 @@ def build_ablation_table(records: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     summary = subset.groupby(["method", "display_name", "ablation", "label_fraction"])["mean_auroc"].agg(["mean", "std", "count"]).reset_index()
     best = summary.groupby("label_fraction")["mean"].max()
+    tied = _ablation_ties(subset, summary, results_dir) if results_dir is not None else None
     rows = []
     # the paper's order: the full method last
     for (method, display, switches), group in sorted(summary.groupby(["method", "display_name", "ablation"]),
@@ -261,14 +382,42 @@ def build_ablation_table(records: pd.DataFrame) -> pd.DataFrame:
                 continue
             entry = entry.iloc[0]
             text = f"{entry['mean']:.3f}" + (f" ± {entry['std']:.3f}" if entry["count"] > 1 else "")
-            row[_fraction_label(fraction)] = f"**{text}**" if np.isclose(entry["mean"], best[fraction]) else text
+            bold = np.isclose(entry["mean"], best[fraction]) or (tied is not None and (method, fraction) in tied)
+            row[_fraction_label(fraction)] = f"**{text}**" if bold else text
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _ablation_ties(subset: pd.DataFrame, summary: pd.DataFrame, results_dir: Path, alpha: float = 0.05) -> set:
+    """(method, fraction) of the variants not significantly below their column's best."""
+    from cxrbench.benchmark.comparisons import exact_test_between
+    from cxrbench.benchmark.statistics import holm_reject
+
+    tied = set()
+    files = {(r.method, r.label_fraction, r.seed): r.record_file for r in subset.itertuples()}
+    for fraction, column in summary.groupby("label_fraction"):
+        leader = column.loc[column["mean"].idxmax(), "method"]
+        others = [method for method in column["method"] if method != leader]
+        p_values = []
+        for method in others:
+            seeds = sorted(s for (m, f, s) in files if m == method and f == fraction and (leader, f, s) in files)
+            tests = [exact_test_between(results_dir, files[(leader, fraction, s)], files[(method, fraction, s)]) for s in seeds]
+            usable = [test for test in tests if test is not None]
+            p_values.append(_combine_seeds([t.difference for t in usable], [t.p_value for t in usable])
+                            if usable and len(usable) == len(tests) else float("nan"))
+        tied |= {(method, fraction) for method, p, reject in zip(others, p_values, holm_reject(p_values, alpha))
+                 if not reject and p == p}
+    return tied
+
+
 ABLATION_CAPTION = ("Table III: OPTiML ablation, fine-tuning on the NIH(-like) dataset, mean AUROC on the test split "
                     "(var+cov: the variance/covariance regularisers; CV-SIM: learned marginals instead of uniform); "
-                    "best per column in bold.")
+                    "bold: each column's best and every variant not significantly below it (paired DeLong tests, Holm "
+                    "within the column).")
+ABLATION_CAPTION_PUBLISHED = ("Table III: OPTiML ablation, fine-tuning on NIH, mean AUROC on the test split, from the "
+                              "paper's published numbers ({reference}) (var+cov: the variance/covariance regularisers; "
+                              "CV-SIM: learned marginals instead of uniform). The paper publishes no intervals: no "
+                              "difference can be tested; bold marks the highest published value.")
 
 
 # --- the paper's published numbers
@@ -317,10 +466,15 @@ def printed_delta_disagreements(reference: pd.DataFrame, table: Table, paper_tab
     return notes
 
 
-def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, baseline: str | None) -> Table:
-    """Our rows and the paper's interleaved, on the paper's datasets (phantom-X shown under X)."""
-    ours = ours.assign(dataset=ours["dataset"].map(base_dataset))
-    our_table, paper_table = layout(ours, baseline, bold=False), layout(paper, baseline, bold=False)
+def side_by_side(our_table: Table, paper: pd.DataFrame, baseline: str | None) -> Table:
+    """Our rows (laid out and tested) and the paper's interleaved, on the paper's datasets
+    (phantom-X shown under X). No bold here: a best across two sources means nothing; our
+    arrows keep their significance, the paper's cells have none (it publishes no intervals)."""
+    our_table = Table(our_table.rows, [(base_dataset(d), f) for d, f in our_table.columns],
+                      {(label, (base_dataset(d), f)): dataclasses.replace(cell, best=False)
+                       for (label, (d, f)), cell in our_table.cells.items()},
+                      our_table.baseline, our_table.summary, our_table.methods, our_table.significance)
+    paper_table = layout(paper, baseline, bold=False)
     columns = sorted(set(our_table.columns) | set(paper_table.columns), key=_column_order)
     rows, cells = [], {}
     names = list(dict.fromkeys([r.removesuffix(" (bs)") for r in our_table.rows] + [r.removesuffix(" (bs)") for r in paper_table.rows]))
@@ -334,4 +488,5 @@ def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, baseline: str | None) 
             for column in columns:
                 if (label, column) in table.cells:
                     cells[(row, column)] = table.cells[(label, column)]
-    return Table(rows, columns, cells, our_table.baseline or paper_table.baseline, pd.concat([our_table.summary, paper_table.summary]))
+    return Table(rows, columns, cells, our_table.baseline or paper_table.baseline, pd.concat([our_table.summary, paper_table.summary]),
+                 {}, our_table.significance)

@@ -1,0 +1,144 @@
+"""Tables mark only what is significant: paired DeLong / t tests, Holm over the table's cells."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cxrbench.benchmark.comparisons import write_paired_tests
+from cxrbench.benchmark.statistics import delong_mean_auroc_test, holm_reject, paired_bootstrap_test, mean_auroc_statistic
+from cxrbench.reports.report import write_report
+from cxrbench.reports.tables import layout, load_records, mark_significance, summarise
+
+N = 400
+RNG = np.random.default_rng(0)
+TARGETS = (RNG.random((N, 3)) < 0.25).astype(np.float32)
+NOISE = RNG.normal(size=(N, 3)).astype(np.float32)
+
+
+def write_cell(out, method, scores, *, baseline=False, display=None, fraction=100.0, seed=0, protocol="frozen"):
+    cell = {"method": method, "dataset": "phantom-nih", "protocol": protocol, "label_fraction": fraction, "seed": seed}
+    stem = f"{method}__phantom-nih__{protocol}__{fraction:g}pct__seed{seed}"
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    np.savez(out / "cells" / f"{stem}.predictions.npz", image_ids=np.array([f"img{i}" for i in range(N)]),
+             targets=TARGETS, scores=np.asarray(scores, dtype=np.float32))
+    metric = float(np.mean([_auroc(TARGETS[:, c], scores[:, c]) for c in range(3)]))
+    record = {"cell": cell, "method_display_name": display or method, "method_is_baseline": baseline,
+              "headline_metric": "mean_auroc", "metrics": {"mean_auroc": metric},
+              "predictions_file": f"{stem}.predictions.npz"}
+    (out / "cells" / f"{stem}.json").write_text(json.dumps(record))
+
+
+def _auroc(targets, scores):
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(targets, scores)
+
+
+def scores_with_signal(strength, seed):
+    """Scores that rank positives above negatives with the given strength, plus own noise."""
+    noise = np.random.default_rng(seed).normal(size=(N, 3))
+    return strength * TARGETS + 0.3 * NOISE + noise
+
+
+def test_delong_p_values_go_far_below_a_bootstrap_p_values_floor():
+    strong, weak = scores_with_signal(2.0, 1), scores_with_signal(0.3, 2)
+    exact = delong_mean_auroc_test(TARGETS, strong, weak)
+    boot = paired_bootstrap_test(mean_auroc_statistic(TARGETS, strong), mean_auroc_statistic(TARGETS, weak), N, resamples=1000)
+    assert boot.p_value >= 1 / 1001  # the floor of 1,000 resamples: 72 cells could never pass Holm at 5 %
+    assert exact.p_value < 1e-6 < 0.05 / 72
+    # the two agree on the spread of the difference
+    assert exact.standard_error == pytest.approx((boot.high - boot.low) / 3.92, rel=0.25)
+
+
+def test_delong_of_one_class_is_delongs_formula():
+    """Brute-force DeLong (structural components from all positive-negative pairs)."""
+    targets, a, b = TARGETS[:, 0], scores_with_signal(1.0, 3)[:, 0], scores_with_signal(0.6, 4)[:, 0]
+    positive = targets > 0.5
+
+    def components(scores):
+        kernel = (scores[positive][:, None] > scores[~positive][None, :]) + 0.5 * (scores[positive][:, None] == scores[~positive][None, :])
+        return kernel.mean(axis=1), kernel.mean(axis=0), kernel.mean()
+
+    v10_a, v01_a, auc_a = components(a)
+    v10_b, v01_b, auc_b = components(b)
+    s10, s01 = np.cov(np.vstack([v10_a, v10_b])), np.cov(np.vstack([v01_a, v01_b]))
+    covariance = s10 / positive.sum() + s01 / (~positive).sum()
+    expected_se = np.sqrt(covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1])
+    test = delong_mean_auroc_test(targets, a, b)
+    assert test.difference == pytest.approx(auc_a - auc_b)
+    assert test.standard_error == pytest.approx(expected_se, rel=1e-9)
+
+
+def test_holm_is_step_down():
+    assert holm_reject([0.01, 0.04, 0.03, 0.2]) == [True, False, False, False]  # 0.01 < 0.05/4; 0.03 > 0.05/3
+    assert holm_reject([0.001, 0.02, 0.012]) == [True, True, True]  # 0.001 < .05/3, 0.012 < .05/2, 0.02 < .05
+    assert holm_reject([float("nan"), 0.001]) == [False, True]
+
+
+def test_a_clear_difference_gets_an_arrow_a_tie_none_and_ties_with_the_best_are_bold(tmp_path):
+    baseline = scores_with_signal(0.3, 10)
+    write_cell(tmp_path, "sup1", baseline, baseline=True, display="Sup.1")
+    write_cell(tmp_path, "good", scores_with_signal(2.0, 11), display="Good")
+    write_cell(tmp_path, "twin", scores_with_signal(2.0, 14), display="Twin")  # as good, its own noise
+    write_cell(tmp_path, "same", baseline + np.random.default_rng(13).normal(scale=0.05, size=(N, 3)), display="Same")
+    records = load_records(tmp_path)
+    table = mark_significance(layout(summarise(records, "frozen")), records, tmp_path, "frozen")
+    text = {row: table.cells[(row, table.columns[0])].text() for row in table.rows}
+    assert text["Good"].endswith("↑**") and text["Twin"].endswith("↑**")  # far above Sup.1; tied with each other
+    assert "↑" not in text["Same"] and "↓" not in text["Same"] and not text["Same"].startswith("**")  # a tie with Sup.1
+    assert not text["Sup.1 (bs)"].startswith("**")
+    write_paired_tests(tmp_path)
+    write_report(tmp_path, tmp_path / "report")
+    caption = (tmp_path / "report" / "table2_frozen.md").read_text().splitlines()[0]
+    assert "2 of 3 cells differ significantly" in caption and "Holm" in caption
+
+
+def test_holm_decides_over_the_tables_cells(tmp_path, monkeypatch):
+    """Three deltas each at p = 0.02: significant alone, not after Holm over the table's 3 cells."""
+    from cxrbench.benchmark import comparisons
+    from cxrbench.benchmark.statistics import ExactTest
+
+    baseline = scores_with_signal(0.3, 20)
+    write_cell(tmp_path, "sup1", baseline, baseline=True, display="Sup.1")
+    for index, name in enumerate(("a", "b", "c")):
+        write_cell(tmp_path, name, scores_with_signal(0.5, 21 + index), display=name.upper())
+    monkeypatch.setattr(comparisons, "exact_test_between", lambda *args: ExactTest(0.01, 0.004, 0.02, "delong"))
+    records = load_records(tmp_path)
+    table = mark_significance(layout(summarise(records, "frozen")), records, tmp_path, "frozen")
+    assert not any(cell.significant for cell in table.cells.values())
+    monkeypatch.setattr(comparisons, "exact_test_between", lambda *args: ExactTest(0.01, 0.004, 0.01, "delong"))
+    table = mark_significance(layout(summarise(records, "frozen")), records, tmp_path, "frozen")
+    assert sum(cell.significant for cell in table.cells.values()) == 3  # 0.01 <= 0.05 / 3 for all three
+
+
+def test_a_cell_of_several_seeds_is_significant_only_when_every_seed_is(tmp_path):
+    write_cell(tmp_path, "sup1", scores_with_signal(0.3, 30), baseline=True, display="Sup.1")
+    write_cell(tmp_path, "sup1", scores_with_signal(0.3, 31), baseline=True, display="Sup.1", seed=1)
+    write_cell(tmp_path, "mixed", scores_with_signal(2.0, 32), display="Mixed")  # seed 0: far better
+    write_cell(tmp_path, "mixed", scores_with_signal(0.3, 31) + 0.01, display="Mixed", seed=1)  # seed 1: the same
+    records = load_records(tmp_path)
+    table = mark_significance(layout(summarise(records, "frozen")), records, tmp_path, "frozen")
+    cell = table.cells[("Mixed", table.columns[0])]
+    assert cell.delta > 5 and not cell.significant
+
+
+def test_the_learning_check_flags_a_method_that_did_not_learn(tmp_path):
+    from cxrbench.benchmark.comparisons import did_not_learn, learning_check
+
+    random_features = scores_with_signal(0.3, 40)
+    write_cell(tmp_path, "sup1", random_features, baseline=True, display="Sup.1")
+    write_cell(tmp_path, "learned", scores_with_signal(2.0, 41), display="Learned")
+    # an encoder that never moved: the random network's predictions, up to float noise
+    write_cell(tmp_path, "unmoved", random_features + 1e-6, display="Unmoved")
+    check = learning_check(tmp_path)
+    assert set(check["method"]) == {"learned", "unmoved"}
+    assert set(did_not_learn(check)) == {"unmoved"}
+    row = check.set_index("method").loc["learned"]
+    assert row["significant"] and row["low"] > 0 and row["difference"] > 20
+    write_report(tmp_path, tmp_path / "report")
+    text = (tmp_path / "report" / "learning_check.md").read_text()
+    assert any("Unmoved" in line and "did not learn here" in line for line in text.splitlines())
+    assert any("Learned" in line and "✓" in line and "learned" in line for line in text.splitlines())

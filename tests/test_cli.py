@@ -26,6 +26,13 @@ def run_cli(capsys, *argv):
         (["--methods", "vicreg", "--fractions", "150"], "150"),
         (["--methods", "vicreg", "--fractions", "ten"], "ten"),
         (["--methods", "vicreg", "--seeds", "a"], "a"),
+        # empty lists are errors, not the profile's whole grid
+        (["--methods", "vicreg", "--fractions", ""], "--fractions"),
+        (["--methods", "vicreg", "--seeds", ""], "--seeds"),
+        (["--methods", "vicreg", "--datasets", ""], "--datasets"),
+        # seeds the label subsets cannot draw with (seed * 1000 + step must fit numpy's seeds)
+        (["--methods", "vicreg", "--seeds", "-1"], "-1"),
+        (["--methods", "vicreg", "--seeds", "5000000"], "5000000"),
     ],
 )
 def test_bad_run_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, argv, named):

@@ -50,7 +50,11 @@ def test_rerun_skips_finished_cells_and_writes_no_duplicate(smoke_run, capsys):
     assert main(["run", "--methods", "vicreg,sup1", "--protocol", "frozen,finetune", "--profile", "smoke", "--out", str(smoke_run)]) == 0
     after = {p.name: p.stat().st_mtime_ns for p in (smoke_run / "cells").iterdir()}
     assert before == after
-    assert "12 of 12 cells already have a record" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "12 of 12 cells already have a record" in out
+    # the end of a run: the learning check against Sup.1, and a report folder that is not a committed one
+    assert "learning check against random initialisation (Sup.1)" in out
+    assert f"--out {smoke_run / 'report'}" in out and "reports/" not in out
 
 
 def test_report_renders_table_one_and_two(smoke_run, tmp_path):

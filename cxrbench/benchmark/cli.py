@@ -52,6 +52,9 @@ def _parse_fractions(text: str) -> list[float]:
     return fractions
 
 
+MAX_SEED = 999_999
+
+
 def _parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(item) for item in _csv(text)]
@@ -59,6 +62,10 @@ def _parse_seeds(text: str) -> list[int]:
         raise CliError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1") from None
     if not seeds:
         raise CliError("--seeds is empty; expected comma-separated integers, e.g. 0,1")
+    for seed in seeds:
+        # label subsets draw with numpy seed * 1000 + step, which must stay below 2**32
+        if not 0 <= seed <= MAX_SEED:
+            raise CliError(f"--seeds: seed {seed} is outside 0..{MAX_SEED}; expected non-negative integers, e.g. 0,1")
     return seeds
 
 
@@ -174,7 +181,9 @@ def command_run(args) -> int:
     except ValueError as error:
         raise CliError(str(error)) from None
     evaluation = profile["evaluation"]
-    requested = _csv(args.datasets) if args.datasets else None
+    if args.datasets is not None and not _csv(args.datasets):
+        raise CliError("--datasets is empty; expected comma-separated dataset names (bench list datasets)")
+    requested = _csv(args.datasets) if args.datasets is not None else None
     if requested is not None:
         _check_choices("dataset", requested, available_datasets())
     datasets_by_protocol = {}
@@ -192,8 +201,9 @@ def command_run(args) -> int:
                 raise CliError(f"--datasets {args.datasets}: none is a {'/'.join(accepts)} dataset, "
                                f"which the {protocol} protocol needs")
         datasets_by_protocol[protocol] = chosen
-    fractions = _parse_fractions(args.fractions) if args.fractions else [float(f) for f in evaluation["fractions"]]
-    seeds = _parse_seeds(args.seeds) if args.seeds else [int(s) for s in evaluation["seeds"]]
+    # an empty --fractions '' or --seeds '' is an error, not the profile's whole grid
+    fractions = _parse_fractions(args.fractions) if args.fractions is not None else [float(f) for f in evaluation["fractions"]]
+    seeds = _parse_seeds(args.seeds) if args.seeds is not None else [int(s) for s in evaluation["seeds"]]
     if args.pretrain_dataset:
         _check_choices("pretraining dataset", [args.pretrain_dataset], available_datasets())
         profile["pretrain"]["dataset"] = args.pretrain_dataset
@@ -264,8 +274,9 @@ def command_run(args) -> int:
         print(f"bench run: missing: {method}: {reason}")
     print(f"bench run: paired tests against the baseline row in {tests}")
     _report_learning(out_dir)
+    # a folder of its own beside the records: never a committed report under reports/
     print(f"bench run: {written} new record(s) in {time.perf_counter() - started:.0f}s; "
-          f"render tables with: bench report --results {out_dir} --out reports/{out_dir.name}")
+          f"render tables with: bench report --results {out_dir} --out {out_dir / 'report'}")
     if failures:
         for line in failures:
             print(f"bench run: failed: {line}", file=sys.stderr)

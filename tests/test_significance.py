@@ -142,3 +142,43 @@ def test_the_learning_check_flags_a_method_that_did_not_learn(tmp_path):
     text = (tmp_path / "report" / "learning_check.md").read_text()
     assert any("Unmoved" in line and "did not learn here" in line for line in text.splitlines())
     assert any("Learned" in line and "✓" in line and "learned" in line for line in text.splitlines())
+
+
+def test_a_report_replaces_the_old_one_whole_and_a_failed_one_leaves_it_intact(tmp_path, capsys):
+    from cxrbench.benchmark.cli import main
+
+    write_cell(tmp_path / "run", "sup1", scores_with_signal(0.3, 50), baseline=True, display="Sup.1")
+    write_cell(tmp_path / "run", "good", scores_with_signal(2.0, 51), display="Good")
+    out = tmp_path / "report"
+    assert main(["report", "--results", str(tmp_path / "run"), "--out", str(out)]) == 0
+    (out / "stale_table_of_an_older_run.md").write_text("old")
+    assert main(["report", "--results", str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert not (out / "stale_table_of_an_older_run.md").exists() and (out / "index.html").is_file()
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    # a record whose predictions file is gone: one line, figures skipped, the tables still tested without it
+    predictions = next((tmp_path / "run" / "cells").glob("good*.npz"))
+    predictions.unlink()
+    capsys.readouterr()
+    assert main(["report", "--results", str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert "predictions file" in capsys.readouterr().err
+    assert "without their predictions file" in (out / "index.md").read_text()
+    # a report that fails half-way (here: an unreadable record) leaves the previous one as it was
+    (tmp_path / "run" / "cells" / "broken.json").write_text("{not json")
+    shown = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    assert main(["report", "--results", str(tmp_path / "run"), "--out", str(out)]) == 2
+    assert "broken.json" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == shown
+    assert not [path for path in tmp_path.iterdir() if "staging" in path.name]
+    assert before.keys() >= {"index.md", "table2_frozen.md"}
+
+
+def test_a_report_never_replaces_a_folder_that_is_not_a_report(tmp_path, capsys):
+    from cxrbench.benchmark.cli import main
+
+    write_cell(tmp_path / "run", "sup1", scores_with_signal(0.3, 60), baseline=True, display="Sup.1")
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("...")
+    assert main(["report", "--results", str(tmp_path / "run"), "--out", str(precious)]) == 2
+    assert "not a cxrbench report" in capsys.readouterr().err
+    assert (precious / "chapter1.tex").read_text() == "..."

@@ -375,8 +375,9 @@ def command_report(args) -> int:
     results = Path(args.results) if args.results else None
     if results is not None and not results.is_dir():
         raise CliError(f"--results {results}: no such directory (expected the --out of `bench run`)")
-    default_name = results.name if results is not None else args.reference
-    out_dir = Path(args.out) if args.out else Path("reports") / default_name
+    # default: beside the records (never a committed report under reports/); the paper's tables alone: reports/NAME
+    default = results / "report" if results is not None else Path("reports") / args.reference
+    out_dir = Path(args.out) if args.out else default
     _check_writable(out_dir, "--out")
     try:
         written = write_report(results, out_dir, reference=args.reference, baseline=args.baseline)
@@ -551,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--results", help="a `bench run --out` directory")
     report.add_argument("--reference", help="published numbers: a name in results/reference/ (optiml-paper) or a CSV path")
     report.add_argument("--baseline", help="method of the baseline row; default: sup2, else sup1")
-    report.add_argument("--out", help="directory for the report; default: reports/NAME")
+    report.add_argument("--out", help="directory for the report, written whole (a new report replaces an older one entirely); default: RESULTS/report, or reports/NAME for --reference alone")
     report.set_defaults(handler=command_report)
 
     prepare = commands.add_parser(

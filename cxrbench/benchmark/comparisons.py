@@ -41,6 +41,11 @@ def _cell_records(results_dir: Path) -> list[dict]:
     return records
 
 
+def _has_predictions(record: dict) -> bool:
+    """A record whose predictions file is there (a missing one leaves the cell out of the tests)."""
+    return bool(record.get("predictions_file")) and record["_path"].with_name(record["predictions_file"]).is_file()
+
+
 def _predictions(record: dict) -> dict:
     with np.load(record["_path"].with_name(record["predictions_file"])) as stored:
         return {key: stored[key] for key in NEEDED if key in stored.files}
@@ -53,7 +58,7 @@ def paired_tests(results_dir: Path, *, resamples: int = 1000, seed: int = 0, pre
     number of resamples asked for) is kept instead of being recomputed, so re-running a
     finished grid is cheap.
     """
-    records = _cell_records(results_dir)
+    records = [record for record in _cell_records(results_dir) if _has_predictions(record)]
     present = {record["cell"]["method"] for record in records}
     baseline = next((name for name in BASELINE_PREFERENCE if name in present), None)
     if baseline is None:
@@ -133,7 +138,7 @@ def learning_check(results_dir: Path, alpha: float = 0.05) -> pd.DataFrame:
     union over seeds), and whether it is significantly above Sup.1 after Holm over all rows
     of its protocol (several seeds: only when every seed's test is). ``did_not_learn`` reads it.
     """
-    records = [record for record in _cell_records(results_dir) if record.get("predictions_file")]
+    records = [record for record in _cell_records(results_dir) if _has_predictions(record)]
     random_init = {(r["cell"]["protocol"], r["cell"]["dataset"], float(r["cell"]["label_fraction"]), int(r["cell"]["seed"])): r
                    for r in records if r["cell"]["method"] == RANDOM_INIT}
     groups: dict[tuple, list] = {}

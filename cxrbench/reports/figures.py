@@ -100,9 +100,14 @@ def label_efficiency_figure(records: pd.DataFrame, protocol: str, metric: str, w
 
 
 def _predictions(results_dir: Path, record_file: str) -> dict:
+    from cxrbench.reports.tables import ReportError
+
     path = Path(results_dir) / record_file
     record = json.loads(path.read_text())
-    with np.load(path.with_name(record["predictions_file"])) as stored:
+    stored_at = path.with_name(record.get("predictions_file") or f"{path.stem}.predictions.npz")
+    if not stored_at.is_file():
+        raise ReportError(f"{path}: its predictions file {stored_at.name} is missing")
+    with np.load(stored_at) as stored:
         return {key: stored[key] for key in stored.files}
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import base64
 import html
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -60,6 +63,9 @@ class _Page:
         if files:
             self.items.append(("figure", title, files))
 
+    def note(self, text: str):
+        self.items.append(("note", "Note", text))
+
     def frame(self, title: str, frame: pd.DataFrame):
         if not frame.empty:
             self.items.append(("frame", title, frame))
@@ -73,9 +79,47 @@ def _write_table(out_dir: Path, stem: str, markdown: str, latex: str, csv: pd.Da
 
 
 def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | None = None, baseline: str | None = None) -> list[Path]:
+    """Render into a staging folder beside ``out_dir`` and put it in place whole: a report that
+    fails half-way leaves the previous one as it was, and no file of an older report survives
+    beside a new one. A results folder inside ``out_dir`` (a report kept with its records) is
+    carried over."""
     if results_dir is None and reference is None:
         raise ReportError("give --results DIR, --reference NAME, or both")
     out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "index.md").is_file():
+        raise ReportError(f"--out {out_dir}: exists and is not a cxrbench report (no index.md); choose a new or empty folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    try:
+        written = _render_report(results_dir, staging, reference=reference, baseline=baseline)
+        kept = _records_inside(results_dir, out_dir)
+        if kept is not None:
+            kept.rename(staging / kept.relative_to(out_dir))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        old = staging.with_name(staging.name.replace("staging", "old"))
+        out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out_dir)
+    return [out_dir / path.relative_to(staging) for path in written]
+
+
+def _records_inside(results_dir: Path | None, out_dir: Path) -> Path | None:
+    """The top folder under ``out_dir`` that holds ``results_dir``, if the records live in the report's folder."""
+    if results_dir is None or not out_dir.is_dir():
+        return None
+    try:
+        relative = Path(results_dir).resolve().relative_to(out_dir.resolve())
+    except ValueError:
+        return None
+    return out_dir / relative.parts[0] if relative.parts else None
+
+
+def _render_report(results_dir: Path | None, out_dir: Path, *, reference: str | None, baseline: str | None) -> list[Path]:
     ours = load_records(results_dir) if results_dir is not None else None
     tables = dict(TABLES)
     if ours is not None:  # protocols from plugins get a table of their headline metric
@@ -150,6 +194,13 @@ def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | No
         page.table("Table III: OPTiML ablation", markdown, files)
 
     if ours is not None:
+        missing = [row.record_file for row in ours.itertuples() if row.predictions_file
+                   and not (Path(results_dir) / row.record_file).with_name(row.predictions_file).is_file()]
+        if missing:
+            note = (f"{len(missing)} record(s) without their predictions file, left out of every paired test and "
+                    f"figure: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+            page.note(note)
+            print(f"bench report: {note}", file=sys.stderr)
         written += _learning_check(Path(results_dir), out_dir, page)
         written += _figures(Path(results_dir), ours, out_dir, page, tables)
         tests_path = Path(results_dir) / "paired-tests.csv"
@@ -201,11 +252,30 @@ def _fraction_label_short(fraction: float) -> str:
 
 
 def _figures(results_dir: Path, records: pd.DataFrame, out_dir: Path, page: _Page, tables: dict) -> list[Path]:
+    """Every figure; one that cannot be drawn (a predictions file missing) is skipped with a note."""
+    written = []
+    for draw in (_label_efficiency, _gradcam, _segmentation, _pretraining):
+        try:
+            written += draw(results_dir, records, out_dir, page, tables)
+        except ReportError as error:
+            page.note(f"{draw.__doc__.strip()} skipped: {error}")
+            print(f"bench report: skipped a figure: {error}", file=sys.stderr)
+    return written
+
+
+def _label_efficiency(results_dir, records, out_dir, page, tables) -> list[Path]:
+    """Label-efficiency figure"""
     written = []
     for protocol, (_, title, metric, what) in tables.items():
         files = figures.label_efficiency_figure(records, protocol, metric, what, out_dir / f"label_efficiency_{protocol}")
         page.figure(f"Label efficiency: {title}", files)
         written += files
+    return written
+
+
+def _gradcam(results_dir, records, out_dir, page, tables) -> list[Path]:
+    """Figure 2 (Grad-CAM)"""
+    written = []
     files, localisation = figures.gradcam_figure(results_dir, records, out_dir / "gradcam")
     page.figure("Figure 2: Grad-CAM heatmaps of the fine-tuned models with the ground-truth boxes", files)
     written += files
@@ -216,12 +286,21 @@ def _figures(results_dir: Path, records: pd.DataFrame, out_dir: Path, page: _Pag
         files = _write_table(out_dir, "localisation", markdown, render_latex(localisation.set_index("method"), "Grad-CAM localisation", "tab:localisation"), localisation)
         page.table("Grad-CAM localisation scores", markdown, files)
         written += files
+    return written
+
+
+def _segmentation(results_dir, records, out_dir, page, tables) -> list[Path]:
+    """Figure 3 (segmentation)"""
     files = figures.segmentation_figures(results_dir, records, out_dir / "segmentation")
     page.figure("Figure 3: segmentation Dice per method and overlays", files)
-    written += files
+    return files
+
+
+def _pretraining(results_dir, records, out_dir, page, tables) -> list[Path]:
+    """Pretraining curves"""
     files = figures.pretraining_figures(results_dir, out_dir / "pretraining")
     page.figure("Pretraining loss curves and OPTiML diagnostics", files)
-    return written + files
+    return files
 
 
 def _write_pages(page: _Page, out_dir: Path) -> list[Path]:
@@ -241,6 +320,9 @@ def _write_pages(page: _Page, out_dir: Path) -> list[Path]:
             for png in pngs:
                 data = base64.b64encode(png.read_bytes()).decode()
                 body.append(f'<img alt="{html.escape(title)}" style="max-width:100%" src="data:image/png;base64,{data}">')
+        elif kind == "note":
+            markdown.append(payload + "\n")
+            body.append(f"<p>{html.escape(payload)}</p>")
         else:
             frame: pd.DataFrame = payload
             markdown.append(tabulate(frame.values.tolist(), headers=list(frame.columns), tablefmt="pipe") + "\n")

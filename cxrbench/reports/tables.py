@@ -65,6 +65,7 @@ def load_records(results_dir: Path) -> pd.DataFrame:
                 "headline_score": record["metrics"].get(record.get("headline_metric", "mean_auroc")),
                 "ablation": json.dumps(record.get("method_ablation")) if record.get("method_ablation") else None,
                 "record_file": str(path.relative_to(Path(results_dir))),
+                "predictions_file": record.get("predictions_file"),
                 "git_commit": (record.get("environment") or {}).get("git_commit"),
                 "config_sha1": hashlib.sha1(json.dumps(record.get("config"), sort_keys=True, default=str).encode()).hexdigest()[:12],
                 "profile": ((record.get("config") or {}).get("profile") or {}).get("name"),

@@ -158,3 +158,24 @@ def test_the_report_of_a_smoke_run_has_every_table_and_figure(tmp_path):
     assert page.count("data:image/png;base64") >= 7 and "Provenance of every cell" in page and "paired-tests" not in page
     assert "Paired bootstrap tests" in (report / "index.md").read_text()
     assert "± " in (report / "table1_finetune.md").read_text()  # two seeds: mean ± std
+
+
+def test_a_damaged_or_foreign_record_never_blocks_the_folder(tmp_path, capsys):
+    """A truncated record is moved aside (not deleted) and its cell redone; a foreign file is left out."""
+    out = tmp_path / "run"
+    command = ["run", "--methods", "sup1", "--protocol", "frozen", "--profile", "smoke", "--fractions", "10,100", "--out", str(out)]
+    assert main(command) == 0
+    record = out / "cells" / "sup1__phantom-nih__frozen__100pct__seed0.json"
+    complete = json.loads(record.read_text())
+    damaged = record.read_bytes()[: len(record.read_bytes()) // 2]
+    record.write_bytes(damaged)
+    (out / "cells" / "extra.json").write_text('{"hello": 1}')
+    capsys.readouterr()
+    assert main(command) == 0
+    said = capsys.readouterr().out
+    assert "unreadable" in said and "evaluated again" in said
+    assert json.loads(record.read_text())["metrics"] == complete["metrics"]  # redone, the same result
+    aside = list((out / "cells" / "damaged").iterdir())
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged  # kept, not deleted
+    assert (out / "cells" / "extra.json").is_file()  # a foreign file is not touched
+    assert "1 of 2 cells already have a record" in said

@@ -144,7 +144,7 @@ def test_the_learning_check_flags_a_method_that_did_not_learn(tmp_path):
     assert any("Learned" in line and "✓" in line and "learned" in line for line in text.splitlines())
 
 
-def test_a_report_replaces_the_old_one_whole_and_a_failed_one_leaves_it_intact(tmp_path, capsys):
+def test_a_report_replaces_the_old_one_whole_and_a_failed_one_leaves_it_intact(tmp_path, capsys, monkeypatch):
     from cxrbench.benchmark.cli import main
 
     write_cell(tmp_path / "run", "sup1", scores_with_signal(0.3, 50), baseline=True, display="Sup.1")
@@ -162,11 +162,16 @@ def test_a_report_replaces_the_old_one_whole_and_a_failed_one_leaves_it_intact(t
     assert main(["report", "--results", str(tmp_path / "run"), "--out", str(out)]) == 0
     assert "predictions file" in capsys.readouterr().err
     assert "without their predictions file" in (out / "index.md").read_text()
-    # a report that fails half-way (here: an unreadable record) leaves the previous one as it was
-    (tmp_path / "run" / "cells" / "broken.json").write_text("{not json")
+    # a report that fails half-way (tables written, then an error) leaves the previous one as it was
+    from cxrbench.reports import report
+
+    def fail_after_the_tables(*args):
+        raise RuntimeError("failed half-way")
+
+    monkeypatch.setattr(report, "_learning_check", fail_after_the_tables)
     shown = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
-    assert main(["report", "--results", str(tmp_path / "run"), "--out", str(out)]) == 2
-    assert "broken.json" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="half-way"):
+        write_report(tmp_path / "run", out)
     assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == shown
     assert not [path for path in tmp_path.iterdir() if "staging" in path.name]
     assert before.keys() >= {"index.md", "table2_frozen.md"}

@@ -33,9 +33,15 @@ NEEDED = ("image_ids", "scores", "targets", "dice")  # the arrays a test reads (
 
 
 def _cell_records(results_dir: Path) -> list[dict]:
+    """The readable cell records; a file that is not one (damaged, foreign) is left out."""
     records = []
     for path in sorted((Path(results_dir) / "cells").glob("*.json")):
-        record = json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("cell"), dict):
+            continue
         record["_path"] = path
         records.append(record)
     return records

@@ -180,7 +180,7 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
     """Run ``cells`` as jobs on ``executors``, at most ``jobs`` at a time; pretraining first."""
     result = DispatchResult()
     runner.claim_out_dir()
-    pending = [cell for cell in cells if not runner.cell_path(cell).is_file()]
+    pending = [cell for cell in cells if not runner.has_record(cell)]
     if len(pending) < len(cells):
         echo(f"{len(cells) - len(pending)} of {len(cells)} cells already have a record in {runner.out_dir}: skipped")
     waiting: dict[str, list[Cell]] = {}  # method -> cells held back until its encoder is stored

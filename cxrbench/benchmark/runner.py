@@ -47,6 +47,32 @@ def method_hyperparameters(profile: dict, name: str):
     return cls.resolve_hyperparameters(overrides)
 
 
+def record_problem(path: Path, cell: Cell) -> str | None:
+    """Why the file at ``path`` is not a complete record of ``cell``, or None if it is."""
+    import json
+
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"unreadable ({type(error).__name__}: {error})"
+    if not isinstance(record, dict) or not isinstance(record.get("cell"), dict):
+        return "not a cell record (no 'cell')"
+    stored = record["cell"]
+    try:
+        same = (stored["method"], stored["dataset"], stored["protocol"], float(stored["label_fraction"]), int(stored["seed"])) \
+            == (cell.method, cell.dataset, cell.protocol, float(cell.label_fraction), int(cell.seed))
+    except (KeyError, TypeError, ValueError):
+        same = False
+    if not same:
+        return f"holds another cell ({stored})"
+    if not isinstance(record.get("metrics"), dict):
+        return "has no metrics"
+    predictions = record.get("predictions_file")
+    if predictions and not (path.parent / predictions).is_file():
+        return f"its predictions file {predictions} is missing"
+    return None
+
+
 class LeaseDecision(enum.IntEnum):
     """What rank 0 found at a pretraining's lease, shared with the other ranks as a number."""
 
@@ -127,6 +153,22 @@ class Runner:
 
     def cell_path(self, cell: Cell) -> Path:
         return self.out_dir / "cells" / f"{cell.record_name}.json"
+
+    def has_record(self, cell: Cell) -> bool:
+        """Whether ``cell`` has a complete record; a damaged one is moved aside (never deleted) and
+        the cell counts as not done, so that it is evaluated again."""
+        path = self.cell_path(cell)
+        if not path.is_file():
+            return False
+        problem = record_problem(path, cell)
+        if problem is None:
+            return True
+        aside = self.out_dir / "cells" / "damaged" / f"{path.stem}.{time.strftime('%Y%m%dT%H%M%S')}{path.suffix}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # another process of this run moved it first
+            path.rename(aside)
+            self.echo(f"bench run: warning: {path}: {problem}; moved to {aside} and evaluated again")
+        return False
 
     def pretrain_dir(self, method: str, dataset: str) -> Path:
         return self.out_dir / "pretrain" / f"{method}__{dataset}"
@@ -248,7 +290,8 @@ class Runner:
         """
         if world().is_main:
             self.claim_out_dir()
-        pending = [cell for cell in cells if not self.cell_path(cell).is_file()]
+        pending = [cell for cell in cells if not self.has_record(cell)] if world().is_main else \
+            [cell for cell in cells if not self.cell_path(cell).is_file()]
         barrier()  # every rank has the same list before any writes a record
         skipped = len(cells) - len(pending)
         if skipped:

@@ -132,7 +132,7 @@ def test_torchrun_pretrains_once_writes_from_rank_0_and_resumes_after_sigkill(tm
     assert killed.returncode != 0
     checkpoints = list((tmp_path / "resumed" / "pretrain" / "mocov2__phantom-nih" / "checkpoints").iterdir())
     assert [p.name for p in checkpoints] == ["epoch-00001.pt"]
-    assert len(torch.load(checkpoints[0], weights_only=False)["ranks"]) == PROCESSES
+    assert len(torch.load(checkpoints[0], weights_only=True)["ranks"]) == PROCESSES
     resumed = _torchrun(tmp_path / "resumed")
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     expected = torch.load(stage / "encoder.pth", weights_only=True)

@@ -179,3 +179,30 @@ def test_a_damaged_or_foreign_record_never_blocks_the_folder(tmp_path, capsys):
     assert len(aside) == 1 and aside[0].read_bytes() == damaged  # kept, not deleted
     assert (out / "cells" / "extra.json").is_file()  # a foreign file is not touched
     assert "1 of 2 cells already have a record" in said
+
+
+def test_a_truncated_encoder_or_empty_run_json_is_one_line_naming_the_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    command = ["run", "--methods", "vicreg", "--protocol", "frozen", "--profile", "smoke", "--fractions", "100", "--out", str(out)]
+    assert main(command) == 0
+    encoder = out / "pretrain" / "vicreg__phantom-nih" / "encoder.pth"
+    encoder.write_bytes(encoder.read_bytes()[:1000])
+    (out / "cells" / "vicreg__phantom-nih__frozen__100pct__seed0.json").unlink()
+    capsys.readouterr()
+    assert main(command) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(encoder) in lines[0] and "resumes from its last checkpoint" in lines[0]
+    # a zero-byte run.json in a folder with records: one line, nothing written
+    (out / "run.json").write_text("")
+    assert main(command) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "run.json is unreadable" in lines[0]
+
+
+def test_a_folder_without_records_takes_a_new_configuration(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"profile": {"name": "quick"}, "created": "earlier"}))  # left by a failed start
+    assert main(["run", "--methods", "sup1", "--protocol", "frozen", "--profile", "smoke", "--fractions", "100",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "run.json").read_text())["profile"]["name"] == "smoke"

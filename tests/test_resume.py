@@ -96,3 +96,27 @@ def test_sigkill_during_pretraining_resumes_and_ends_with_the_same_records(tmp_p
         resumed = json.loads((tmp_path / "resumed" / name).read_text())["metrics"]
         assert resumed["mean_auroc"] == pytest.approx(reference["mean_auroc"], abs=1e-6)
         assert resumed["per_class_auroc"] == pytest.approx(reference["per_class_auroc"], abs=1e-6)
+
+
+class _Planted:
+    """A pickle that would run a shell command when loaded without weights_only."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['CXRBENCH_PLANTED_MARK']}",))
+
+
+def test_a_planted_checkpoint_is_refused_and_its_code_never_runs(tmp_path, monkeypatch, smoke_profile, smoke_nih):
+    mark = tmp_path / "the-planted-command-ran"
+    monkeypatch.setenv("CXRBENCH_PLANTED_MARK", str(mark))
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    torch.save({"format": "cxrbench-pretrain-checkpoint-2", "payload": _Planted()}, checkpoints / "epoch-00009.pt")
+    with pytest.warns(UserWarning, match=r"epoch-00009.pt: refused or unreadable checkpoint") as caught:
+        assert latest_checkpoint(checkpoints) is None
+    assert not mark.exists()
+    assert all("\n" not in str(warning.message) for warning in caught)  # one line
+    # a genuine checkpoint of every method loads weights-only (PCRLv2's Python RNG included)
+    result = _pretrain("pcrlv2", smoke_profile, smoke_nih, tmp_path / "genuine", epochs=2)
+    assert result.steps > 0
+    state = latest_checkpoint(tmp_path / "genuine")
+    assert state is not None and "python_random_state" in state["method"]["attributes"]["scale_rng"]

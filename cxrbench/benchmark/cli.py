@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from cxrbench.benchmark.errors import StoredEncoderError
 from cxrbench.benchmark.lease import PretrainingInProgressError
 
 EXIT_USAGE = 2
@@ -613,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as error:
         print(f"bench {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except PretrainingInProgressError as error:  # not a usage error: the same command works once the other run ends
+    except (PretrainingInProgressError, StoredEncoderError) as error:  # not usage errors: the message says what to do
         print(f"bench {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

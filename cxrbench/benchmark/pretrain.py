@@ -76,13 +76,16 @@ def latest_checkpoint(checkpoint_dir: Path | None) -> dict | None:
         return None
     for path in sorted(Path(checkpoint_dir).glob(CHECKPOINT_PATTERN), reverse=True):
         try:
-            # our own file, holding optimiser state and RNG states, so not weights-only
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            # weights-only: a checkpoint holds tensors and plain containers alone, so a file
+            # someone placed in the folder can never run code when it is loaded
+            state = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or state.get("format") != "cxrbench-pretrain-checkpoint-2":
                 raise ValueError("not a cxrbench pretraining checkpoint")
             return state
-        except Exception as error:  # truncated zip, wrong content: fall back to the previous one
-            warnings.warn(f"{path}: unreadable checkpoint ({type(error).__name__}: {error}); trying the previous one", stacklevel=2)
+        except Exception as error:  # truncated zip, foreign or unsafe content: fall back to the previous one
+            reason = (str(error).strip().splitlines() or [""])[0]
+            warnings.warn(f"{path}: refused or unreadable checkpoint ({type(error).__name__}: {reason}); "
+                          f"trying the previous one", stacklevel=2)
     return None
 
 

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrbench.benchmark.diagnostics import encoder_diagnostics, relative_change
+from cxrbench.benchmark.errors import StoredEncoderError
 from cxrbench.benchmark.lease import LeaseHolder, PretrainingInProgressError, PretrainingLease, live_holder
 from cxrbench.benchmark.pretrain import TrainingOptions, pretrain
 from cxrbench.benchmark.protocol_registry import PROTOCOLS, protocol_config
@@ -45,6 +46,23 @@ def method_hyperparameters(profile: dict, name: str):
     cls = get_method(name)
     overrides = {**cls.profile_overrides.get(profile.get("name"), {}), **(profile.get("methods", {}).get(cls.profile_key or name) or {})}
     return cls.resolve_hyperparameters(overrides)
+
+
+def _read_stored_encoder(directory: Path):
+    try:
+        return torch.load(directory / "encoder.pth", map_location="cpu", weights_only=True), read_json(directory / "record.json")
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise StoredEncoderError(
+            f"{directory}: its stored encoder cannot be read ({type(error).__name__}: {reason}); delete "
+            f"{directory / 'encoder.pth'} and {directory / 'record.json'} and run the same command: the pretraining "
+            f"resumes from its last checkpoint in {directory / 'checkpoints'}") from None
+
+
+def holds_results(out_dir: Path) -> bool:
+    """Whether a run folder holds anything made under its configuration: cell records, encoders or checkpoints."""
+    return any(out_dir.glob("cells/*.json")) or any(out_dir.glob("pretrain/*/encoder.pth")) \
+        or any(out_dir.glob("pretrain/*/checkpoints/*.pt"))
 
 
 def record_problem(path: Path, cell: Cell) -> str | None:
@@ -131,15 +149,19 @@ class Runner:
         records of one resolved profile; ``run.json`` stores it.
         """
         stored_path = Path(out_dir) / "run.json"
-        if not stored_path.is_file():
-            return None
-        stored = read_json(stored_path)["profile"]
+        if not stored_path.is_file() or not holds_results(Path(out_dir)):
+            return None  # a folder without records takes any configuration (claim_out_dir rewrites run.json)
+        try:
+            stored = read_json(stored_path)["profile"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return (f"its {stored_path} is unreadable ({type(error).__name__}); it records the configuration of the "
+                    f"records there: restore it, or move the folder's records away")
         differences = sorted(_differences(stored, profile))
         return ", ".join(differences[:5]) + (" ..." if len(differences) > 5 else "") if differences else None
 
     def claim_out_dir(self) -> None:
         path = self.out_dir / "run.json"
-        if not path.is_file():
+        if not path.is_file() or not holds_results(self.out_dir):
             atomic_write_json(path, {"profile": self.profile, "created": now()})
 
     # --- data
@@ -209,7 +231,7 @@ class Runner:
                 if world().is_main:
                     self._store_pretraining(method_name, method, dataset, seed, result, directory)
                 barrier()  # under torchrun the other ranks read what rank 0 wrote
-        return torch.load(directory / "encoder.pth", map_location="cpu", weights_only=True), read_json(directory / "record.json")
+        return _read_stored_encoder(directory)
 
     @contextlib.contextmanager
     def _pretraining_lease(self, method_name: str, directory: Path):

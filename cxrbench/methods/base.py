@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import random
 from typing import Any, ClassVar
 
 import torch
@@ -102,7 +103,7 @@ class Method(nn.Module):
         return {
             "state_dict": self.state_dict(),
             "buffers": {name: buffer.detach().clone() for name, buffer in self.named_buffers()},
-            "attributes": {name: copy.deepcopy(getattr(self, name)) for name in self.checkpoint_attributes},
+            "attributes": {name: _plain(getattr(self, name)) for name in self.checkpoint_attributes},
         }
 
     def load_checkpoint_state(self, state: dict) -> None:
@@ -112,7 +113,7 @@ class Method(nn.Module):
             for name, value in state["buffers"].items():
                 buffers[name].copy_(value)
         for name, value in state["attributes"].items():
-            setattr(self, name, value)
+            setattr(self, name, _from_plain(value))
 
     # --- the pretraining interface (methods with ``pretrains = False`` need none of it)
 
@@ -133,6 +134,23 @@ class Method(nn.Module):
         """Called after every optimiser step taken, with progress in [0, 1]; default: nothing.
 
         Not called after a step that fp16's gradient scaler skipped (overflowing gradients)."""
+
+
+def _plain(value):
+    """An attribute as plain containers, so that checkpoints load with ``torch.load(weights_only=True)``
+    (which never runs code from a file): a Python ``random.Random`` becomes its state tuple."""
+    if isinstance(value, random.Random):
+        return {"python_random_state": value.getstate()}
+    return copy.deepcopy(value)
+
+
+def _from_plain(value):
+    if isinstance(value, dict) and set(value) == {"python_random_state"}:
+        generator = random.Random()
+        generator.setstate(tuple(value["python_random_state"]) if not isinstance(value["python_random_state"], tuple)
+                           else value["python_random_state"])
+        return generator
+    return value
 
 
 def split_weight_decay(module: nn.Module, weight_decay: float) -> list[dict]:

@@ -33,6 +33,7 @@ def run_cli(capsys, *argv):
         # seeds the label subsets cannot draw with (seed * 1000 + step must fit numpy's seeds)
         (["--methods", "vicreg", "--seeds", "-1"], "-1"),
         (["--methods", "vicreg", "--seeds", "5000000"], "5000000"),
+        (["--methods", "vicreg", "--device", "tpu"], "tpu"),
     ],
 )
 def test_bad_run_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, argv, named):

@@ -204,3 +204,17 @@ def test_sup2_loads_the_given_imagenet_weights_exactly(tmp_path):
         assert torch.equal(value, reference.state_dict()[key]), key
     missing = cls.resolve_hyperparameters({"weights_path": str(tmp_path / "absent.pth")})
     assert "absent.pth" in cls.unavailable_reason(missing)
+
+
+def test_sup2_loads_an_exported_encoder_without_fc_and_names_a_wrong_file(tmp_path):
+    from cxrbench.methods.backbone import WeightsUnavailable, encoder_state_dict
+
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "encoder.pth"
+    torch.save(encoder_state_dict(reference), path)  # as bench run exports it: no fc.*
+    cls = get_method("sup2")
+    exported = cls(cls.resolve_hyperparameters({"weights_path": str(path)})).export_encoder()
+    assert all(torch.equal(value, reference.state_dict()[key]) for key, value in exported.items())
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(WeightsUnavailable, match="wrong.pth: not a ResNet-18 state dict"):
+        cls(cls.resolve_hyperparameters({"weights_path": str(tmp_path / "wrong.pth")}))

@@ -166,3 +166,17 @@ def test_label_efficiency_curves_keep_optiml_and_leave_out_its_ablation_variants
         path.write_text(json.dumps(record))
     rows = efficiency_rows(load_records(tmp_path), "finetune", "mean_auroc")
     assert set(rows["method"]) == {"sup1", "optiml"}
+
+
+def test_latex_escapes_every_special_character_of_a_display_name():
+    from cxrbench.reports.tables import _latex_escape
+
+    assert _latex_escape("a$b{c}^d~e%f_g#h&i\\j") == "a\\$b\\{c\\}\\^{}d\\textasciitilde{}e\\%f\\_g\\#h\\&i\\textbackslash{}j"
+
+
+def test_a_reference_that_is_no_csv_is_one_line(capsys):
+    from cxrbench.benchmark.cli import main
+
+    assert main(["report", "--reference", "/etc/passwd", "--out", "/tmp/never-written-report"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "/etc/passwd" in lines[0]

@@ -81,9 +81,17 @@ def _check_writable(path: Path, flag: str) -> None:
         raise CliError(f"{flag} {path}: not writable ({probe} does not accept new files)")
 
 
+def _check_device_name(name: str) -> None:
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise CliError(f"--device {name!r}: unknown device; valid: auto, cpu, cuda, cuda:N")
+
+
 def _device(name: str):
     import torch
 
+    _check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -166,6 +174,7 @@ def command_run(args) -> int:
     from cxrbench.datasets import DATASETS, available_datasets
     from cxrbench.methods import METHOD_GROUPS, available_methods, expand_methods, get_method
 
+    _check_device_name(args.device)  # before anything is printed or written
     methods_known = available_methods()
     in_all = [name for name in methods_known if get_method(name).listed_in_all]
     methods = in_all if args.methods == "all" else _csv(args.methods)
@@ -566,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--dataset", required=True, help="nih, vindr, rsna or siim")
     prepare.add_argument("--root", required=True, help="the dataset's directory as released")
     prepare.add_argument("--out", required=True, help="the prepared directory to create (DATA_ROOT/NAME for bench run)")
-    prepare.add_argument("--size", type=int, default=256, help="square image size in pixels; default: 256")
+    prepare.add_argument("--size", type=int, default=224,
+                         help="square image size in pixels (the paper profile's 224; quick uses 64); default: 224")
     prepare.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping the image")
     prepare.add_argument("--splits", choices=["default", "benchx"], default="default",
                          help="default: the release's test split where it has one, else a seeded patient-wise "

@@ -62,7 +62,15 @@ def resnet18_encoder(init: str = "random", weights_path: str | None = None, zero
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
         else:
             state = IMAGENET_WEIGHTS.get_state_dict(progress=False, check_hash=True)
-        model.load_state_dict(state)
+        # an exported encoder.pth has no fc.*: the classifier head is never used here
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # a tensor of another shape
+            missing, unexpected = [(str(error).strip().splitlines() or ["shape mismatch"])[-1].strip()], []
+        wrong = [key for key in missing if not key.startswith("fc.")] + list(unexpected)
+        if wrong:
+            raise WeightsUnavailable(f"{weights_path or IMAGENET_WEIGHTS.url}: not a ResNet-18 state dict "
+                                     f"({len(wrong)} missing or unexpected key(s), first {wrong[:3]})")
     elif init != "random":
         raise ValueError(f"unknown encoder initialisation {init!r}; expected 'random' or 'imagenet'")
     model.fc = nn.Identity()

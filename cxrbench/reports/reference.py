@@ -72,7 +72,11 @@ def load_reference(name: str) -> pd.DataFrame:
     if not path.is_file():
         available = sorted(p.stem for p in REFERENCE_DIR.glob("*.csv"))
         raise FileNotFoundError(f"--reference {name}: no {path} (available: {', '.join(available) or 'none'})")
-    table = pd.read_csv(path, keep_default_na=False, na_values={"printed_delta": [""]})
+    try:
+        table = pd.read_csv(path, keep_default_na=False, na_values={"printed_delta": [""]})
+    except (ValueError, UnicodeDecodeError, OSError) as error:  # pandas' ParserError is a ValueError
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise FileNotFoundError(f"--reference {path}: not a reference CSV ({reason}); expected columns {COLUMNS}") from None
     missing = [column for column in COLUMNS if column not in table.columns]
     if missing:
         raise FileNotFoundError(f"--reference {path}: missing column(s) {missing}; expected {COLUMNS}")

@@ -295,7 +295,10 @@ def render_markdown(table: pd.DataFrame, caption: str, footnotes: list[str] = ()
 
 
 def _latex_escape(text: str) -> str:
-    for raw, escaped in (("\\", "\\textbackslash{}"), ("%", "\\%"), ("&", "\\&"), ("_", "\\_"), ("#", "\\#"),
+    # the backslash first (the others add backslashes), then LaTeX's other special characters
+    for raw, escaped in (("\\", "\\textbackslash{}"), ("{", "\\{"), ("}", "\\}"), ("\\textbackslash\\{\\}", "\\textbackslash{}"),
+                         ("$", "\\$"), ("^", "\\^{}"), ("~", "\\textasciitilde{}"),
+                         ("%", "\\%"), ("&", "\\&"), ("_", "\\_"), ("#", "\\#"),
                          ("↑", "$\\uparrow$"), ("↓", "$\\downarrow$"), ("±", "$\\pm$"), ("✓", "\\checkmark{}"), ("✗", "$\\times$")):
         text = text.replace(raw, escaped)
     return text

@@ -60,7 +60,7 @@ def test_a_truncated_checkpoint_is_reported_and_the_previous_one_used(smoke_prof
         _pretrain("simclr", smoke_profile, smoke_nih, tmp_path, epochs=3)
     newest = sorted(tmp_path.glob("epoch-*.pt"))[-1]
     newest.write_bytes(newest.read_bytes()[:1000])
-    with pytest.warns(UserWarning, match=f"{newest.name}: unreadable checkpoint"):
+    with pytest.warns(UserWarning, match=f"{newest.name}: refused or unreadable checkpoint"):
         state = latest_checkpoint(tmp_path)
     assert state["step"] == steps_per_epoch  # epoch 1's checkpoint, not the truncated epoch 2
 

@@ -139,7 +139,7 @@ def test_the_learning_check_flags_a_method_that_did_not_learn(tmp_path):
     row = check.set_index("method").loc["learned"]
     assert row["significant"] and row["low"] > 0 and row["difference"] > 20
     write_report(tmp_path, tmp_path / "report")
-    text = (tmp_path / "report" / "learning_check.md").read_text()
+    text = (tmp_path / "report" / "learning_check_frozen.md").read_text()
     assert any("Unmoved" in line and "did not learn here" in line for line in text.splitlines())
     assert any("Learned" in line and "✓" in line and "learned" in line for line in text.splitlines())
 

@@ -176,11 +176,22 @@ def learning_check(results_dir: Path, alpha: float = 0.05) -> pd.DataFrame:
     return table
 
 
+# the protocol whose cells decide whether a method learned: the frozen probe measures the
+# representation itself; fine-tuning trains the encoder further, and per-image Dice swings with
+# whether a U-Net predicts empty masks, so those are shown but do not decide
+VERDICT_PROTOCOLS = ("frozen", "finetune")
+
+
 def did_not_learn(check: pd.DataFrame) -> dict[str, str]:
-    """Methods significantly above random initialisation in none of their cells: method -> the reason."""
+    """Methods not significantly above random initialisation in any cell of the deciding protocol
+    (frozen where the method has frozen cells, else fine-tune): method -> the reason."""
     verdicts = {}
     for (method, display), part in check.groupby(["method", "display_name"]):
-        if not part["significant"].any():
+        protocol = next((name for name in VERDICT_PROTOCOLS if name in set(part["protocol"])), None)
+        if protocol is None:
+            continue
+        deciding = part[part["protocol"] == protocol]
+        if not deciding["significant"].any():
             verdicts[method] = (f"{display}: not significantly above random initialisation (Sup.1) in any of its "
-                                f"{len(part)} cell(s) ({', '.join(sorted(set(part['protocol'])))})")
+                                f"{len(deciding)} {protocol} cell(s)")
     return verdicts

@@ -218,8 +218,9 @@ def _render_report(results_dir: Path | None, out_dir: Path, *, reference: str | 
 LEARNING_CAPTION = (
     "Learning check: each method's cells minus the random-initialisation row (Sup.1), x 100, with the 95 % interval "
     "of the paired test (DeLong for mean AUROC, paired t for Dice; the union over seeds). ✓: significantly above "
-    "random initialisation (Holm over the protocol's cells at 5 %; with several seeds, every seed). A method with no "
-    "✓ did not learn here: on these data and this budget it is not distinguishable from a random network. The frozen "
+    "random initialisation (Holm over the protocol's cells at 5 %; with several seeds, every seed). The verdict is "
+    "decided by the frozen cells (else the fine-tune ones): a method with no ✓ there did not learn here, on these "
+    "data and this budget it is not distinguishable from a random network. The frozen "
     "probe evaluates every encoder, Sup.1 included, with the BatchNorm statistics it has (a random network's are its "
     "initial ones), as the linear-probe protocols of MoCo, SimCLR and VICReg do.")
 
@@ -231,20 +232,26 @@ def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]
     if check.empty:
         return []
     verdicts = did_not_learn(check)
-    check = check.assign(column=[f"{p} {d} {_fraction_label_short(f)}" for p, d, f in
-                                 zip(check["protocol"], check["dataset"], check["label_fraction"])],
+    check = check.assign(column=[f"{d} {_fraction_label_short(f)}" for d, f in zip(check["dataset"], check["label_fraction"])],
                          text=[f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (" ✓" if s else "")
                                for d, lo, hi, s in zip(check["difference"], check["low"], check["high"], check["significant"])])
-    frame = check.pivot_table(index="display_name", columns="column", values="text", aggfunc="first", sort=False).fillna("–")
     names = dict(zip(check["display_name"], check["method"]))
-    frame.insert(0, "verdict", ["did not learn here" if names[name] in verdicts else "learned" for name in frame.index])
-    frame = frame.reset_index().rename(columns={"display_name": "Method"})
-    markdown = (f"{LEARNING_CAPTION}\n\n" + tabulate(frame.values.tolist(), headers=list(frame.columns), tablefmt="pipe",
-                                                      stralign="center") + "\n")
-    files = _write_table(out_dir, "learning_check", markdown, render_latex(frame.set_index("Method"), LEARNING_CAPTION,
-                                                                            "tab:learning_check"), check.drop(columns=["column", "text"]))
-    page.table("Learning check: does each method beat a random network?", markdown, files)
-    return files
+    written = []
+    for protocol in [name for name in ("frozen", "finetune", "segmentation") if name in set(check["protocol"])] + \
+            sorted(set(check["protocol"]) - {"frozen", "finetune", "segmentation"}):
+        part = check[check["protocol"] == protocol]
+        frame = part.pivot_table(index="display_name", columns="column", values="text", aggfunc="first", sort=False).fillna("–")
+        frame.insert(0, "verdict", ["did not learn here" if names[name] in verdicts else "learned" for name in frame.index])
+        frame = frame.reset_index().rename(columns={"display_name": "Method"})
+        caption = f"{LEARNING_CAPTION} This table: {protocol}."
+        markdown = f"{caption}\n\n" + tabulate(frame.values.tolist(), headers=list(frame.columns), tablefmt="pipe",
+                                                stralign="center") + "\n"
+        files = _write_table(out_dir, f"learning_check_{protocol}", markdown,
+                             render_latex(frame.set_index("Method"), caption, f"tab:learning_check_{protocol}"),
+                             part.drop(columns=["column", "text"]))
+        page.table(f"Learning check ({protocol}): does each method beat a random network?", markdown, files)
+        written += files
+    return written
 
 
 def _fraction_label_short(fraction: float) -> str:

@@ -34,6 +34,15 @@ def run_cli(capsys, *argv):
         (["--methods", "vicreg", "--seeds", "-1"], "-1"),
         (["--methods", "vicreg", "--seeds", "5000000"], "5000000"),
         (["--methods", "vicreg", "--device", "tpu"], "tpu"),
+        # --set values of the wrong kind or out of range: refused before run.json is written
+        (["--methods", "vicreg", "--set", "pretrain.epochs=abc"], "pretrain.epochs"),
+        (["--methods", "vicreg", "--set", "pretrain.epochs=-3"], "pretrain.epochs"),
+        (["--methods", "vicreg", "--set", "pretrain.batch_size=0"], "pretrain.batch_size"),
+        (["--methods", "vicreg", "--set", "pretrain.max_steps=2.5"], "pretrain.max_steps"),
+        (["--methods", "vicreg", "--set", "evaluation.finetune.learning_rate=0"], "learning_rate"),
+        (["--methods", "vicreg", "--set", "evaluation.fractions=10"], "evaluation.fractions"),
+        (["--methods", "vicreg", "--set", "methods.vicreg.base_lr=abc"], "base_lr"),
+        (["--methods", "vicreg", "--set", "methods.vicreg.crop_scale=[0.5]"], "crop_scale"),
     ],
 )
 def test_bad_run_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, argv, named):

@@ -42,5 +42,44 @@ def apply_overrides(profile: dict, assignments: list[str]) -> dict:
         if not isinstance(node, dict) or (parts[-1] not in node and parts[0] != "methods"):
             valid = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a section)"
             raise ValueError(f"--set {key}: unknown profile key {key!r}; valid here: {valid}")
-        node[parts[-1]] = yaml.safe_load(text)
+        value = yaml.safe_load(text)
+        if parts[0] != "methods":  # a method checks its own hyperparameters (resolve_hyperparameters)
+            _check_value(key, node.get(parts[-1]), value)
+        node[parts[-1]] = value
     return profile
+
+
+# keys whose values count something: whole numbers, at least 1
+COUNTS = {"batch_size", "max_steps", "eval_every", "image_size", "bootstrap_resamples", "patience", "phantom_seed"}
+# keys that must be above 0 (counts aside): durations and rates
+POSITIVE = {"epochs", "learning_rate"}
+NON_NEGATIVE = {"weight_decay", "phantom_seed"}
+NULLABLE = {"max_steps", "patience", "root"}  # null: no step cap, no early stopping, no data root
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+
+
+def _check_value(key: str, current, value) -> None:
+    """A ``--set`` value of the same kind as the profile's (numbers for numbers, lists for lists...)
+    and, for the keys that count or last, in range: one clear error before anything is written."""
+    name = key.rsplit(".", 1)[-1]
+    if value is None and name in NULLABLE:
+        return
+    if current is not None:
+        if _is_number(current):
+            if not _is_number(value):
+                raise ValueError(f"--set {key}={value!r}: expected a number")
+        elif isinstance(current, bool) and not isinstance(value, bool):
+            raise ValueError(f"--set {key}={value!r}: expected true or false")
+        elif isinstance(current, (list, dict, str)) and not isinstance(value, type(current)):
+            raise ValueError(f"--set {key}={value!r}: expected a {type(current).__name__} like {current!r}")
+    if value is None:
+        return
+    if name in COUNTS and (not _is_number(value) or value != int(value) or value < (0 if name in NON_NEGATIVE else 1)):
+        raise ValueError(f"--set {key}={value!r}: expected a whole number of at least {0 if name in NON_NEGATIVE else 1}")
+    if name in POSITIVE and (not _is_number(value) or value <= 0):
+        raise ValueError(f"--set {key}={value!r}: expected a number above 0")
+    if name in NON_NEGATIVE and (not _is_number(value) or value < 0):
+        raise ValueError(f"--set {key}={value!r}: expected a number of at least 0")

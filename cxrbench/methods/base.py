@@ -80,9 +80,16 @@ class Method(nn.Module):
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"{cls.name}: unknown hyperparameter(s) {unknown}; known: {sorted(known)}")
+        defaults = cls.Hyperparameters()
         for field in dataclasses.fields(cls.Hyperparameters):
-            if field.name in overrides and isinstance(getattr(cls.Hyperparameters(), field.name), tuple):
-                overrides[field.name] = tuple(overrides[field.name])
+            if field.name not in overrides:
+                continue
+            default, value = getattr(defaults, field.name), overrides[field.name]
+            problem = _kind_mismatch(default, value)
+            if problem:
+                raise ValueError(f"{cls.name}: hyperparameter {field.name}={value!r}: {problem}")
+            if isinstance(default, tuple):
+                overrides[field.name] = tuple(value)
         return cls.Hyperparameters(**overrides)
 
     @classmethod
@@ -134,6 +141,27 @@ class Method(nn.Module):
         """Called after every optimiser step taken, with progress in [0, 1]; default: nothing.
 
         Not called after a step that fp16's gradient scaler skipped (overflowing gradients)."""
+
+
+def _kind_mismatch(default, value) -> str | None:
+    """Why ``value`` cannot replace a hyperparameter whose official value is ``default`` (None if it can)."""
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
+
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "expected true or false"
+    if isinstance(default, int):
+        return None if number(value) and value == int(value) else "expected a whole number"
+    if isinstance(default, float):
+        return None if number(value) else "expected a number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "expected a string"
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default) or not all(number(v) for v in value):
+            return f"expected {len(default)} numbers like {list(default)}"
+    return None
 
 
 def _plain(value):

@@ -187,3 +187,35 @@ def test_a_report_never_replaces_a_folder_that_is_not_a_report(tmp_path, capsys)
     assert main(["report", "--results", str(tmp_path / "run"), "--out", str(precious)]) == 2
     assert "not a cxrbench report" in capsys.readouterr().err
     assert (precious / "chapter1.tex").read_text() == "..."
+
+
+@pytest.mark.parametrize("damage, field", [
+    (lambda r: r["metrics"].update(mean_auroc="0.9"), "metrics.mean_auroc"),
+    (lambda r: r["metrics"].update(mean_auroc=[0.9]), "metrics.mean_auroc"),
+    (lambda r: r["metrics"].update(mean_auroc=1e308), "metrics.mean_auroc"),
+    (lambda r: r["metrics"].update(mean_auroc=1.7), "metrics.mean_auroc"),
+    (lambda r: r["cell"].update(label_fraction="100"), "cell.label_fraction"),
+    (lambda r: r.clear() or r.update(cell=None, metrics={}), "cell"),
+])
+def test_a_malformed_record_is_named_left_out_and_never_bolded(tmp_path, capsys, damage, field):
+    from cxrbench.benchmark.cli import main
+
+    write_cell(tmp_path / "run", "sup1", scores_with_signal(0.3, 70), baseline=True, display="Sup.1")
+    write_cell(tmp_path / "run", "good", scores_with_signal(2.0, 71), display="Good")
+    write_cell(tmp_path / "run", "bad", scores_with_signal(0.3, 72), display="Bad")
+    path = next((tmp_path / "run" / "cells").glob("bad*.json"))
+    record = json.loads(path.read_text())
+    damage(record)
+    path.write_text(json.dumps(record))
+    assert main(["report", "--results", str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if path.name in line]
+    assert len(errors) == 1 and field in errors[0]
+    table = (tmp_path / "report" / "table2_frozen.md").read_text()
+    assert "Bad" not in table and "1 invalid record(s) left out" in table and "**" in table
+
+
+def test_a_record_that_is_a_json_list_is_left_out(tmp_path, capsys):
+    write_cell(tmp_path, "sup1", scores_with_signal(0.3, 73), baseline=True, display="Sup.1")
+    (tmp_path / "cells" / "list.json").write_text("[1, 2]")
+    records = load_records(tmp_path)
+    assert list(records["method"]) == ["sup1"] and "list.json" in records.attrs["skipped"][0]

@@ -161,6 +161,8 @@ def _render_report(results_dir: Path | None, out_dir: Path, *, reference: str | 
             if table.empty:
                 continue
             caption = caption_for(title, what, table.baseline, baseline is not None, table) + profile_note(ours)
+            if ours.attrs.get("skipped"):
+                caption += f" {len(ours.attrs['skipped'])} invalid record(s) left out: see the notes in index.md."
             footnotes = []
         else:
             if protocol not in PAPER_TABLES:
@@ -194,6 +196,9 @@ def _render_report(results_dir: Path | None, out_dir: Path, *, reference: str | 
         page.table("Table III: OPTiML ablation", markdown, files)
 
     if ours is not None:
+        for line in ours.attrs.get("skipped", []):
+            page.note(line)
+            print(f"bench report: {line}", file=sys.stderr)
         missing = [row.record_file for row in ours.itertuples() if row.predictions_file
                    and not (Path(results_dir) / row.record_file).with_name(row.predictions_file).is_file()]
         if missing:

@@ -41,39 +41,84 @@ class ReportError(ValueError):
 
 
 def load_records(results_dir: Path) -> pd.DataFrame:
-    """One row per cell record found under ``results_dir/cells``."""
+    """One row per valid cell record under ``results_dir/cells``.
+
+    Each record is checked against the schema the runner writes; one that fails (unreadable
+    JSON, a missing or wrongly typed field, a score that is not a finite number in [0, 1]) is
+    left out and named in ``load_records.skipped`` (one line each, for the report's footnote).
+    With no valid record at all, the first problem is the error.
+    """
     cells_dir = Path(results_dir) / "cells"
     paths = sorted(cells_dir.glob("*.json"))
     if not paths:
         raise ReportError(f"{results_dir}: no run records (expected {cells_dir}/*.json from `bench run`)")
-    rows = []
+    rows, skipped = [], []
     for path in paths:
         try:
-            record = json.loads(path.read_text())
-            cell = record["cell"]
-            rows.append({
-                "method": cell["method"],
-                "display_name": record.get("method_display_name", cell["method"]),
-                "is_baseline": bool(record.get("method_is_baseline", False)),
-                "dataset": cell["dataset"],
-                "protocol": cell["protocol"],
-                "label_fraction": float(cell["label_fraction"]),
-                "seed": int(cell["seed"]),
-                "mean_auroc": record["metrics"].get("mean_auroc"),
-                "dice_per_image": record["metrics"].get("dice_per_image"),
-                "headline_metric": record.get("headline_metric", "mean_auroc"),
-                "headline_score": record["metrics"].get(record.get("headline_metric", "mean_auroc")),
-                "ablation": json.dumps(record.get("method_ablation")) if record.get("method_ablation") else None,
-                "record_file": str(path.relative_to(Path(results_dir))),
-                "predictions_file": record.get("predictions_file"),
-                "git_commit": (record.get("environment") or {}).get("git_commit"),
-                "config_sha1": hashlib.sha1(json.dumps(record.get("config"), sort_keys=True, default=str).encode()).hexdigest()[:12],
-                "profile": ((record.get("config") or {}).get("profile") or {}).get("name"),
-                "created": record.get("created"),
-            })
-        except (KeyError, json.JSONDecodeError, AttributeError) as error:
-            raise ReportError(f"{path}: not a cxrbench cell record ({error})") from error
-    return pd.DataFrame(rows)
+            rows.append(_record_row(path, results_dir))
+        except (KeyError, TypeError, ValueError, AttributeError, OSError) as error:  # JSONDecodeError is a ValueError
+            skipped.append(f"{path}: not a valid cell record ({type(error).__name__}: {error}); left out")
+    if not rows:
+        raise ReportError(skipped[0])
+    frame = pd.DataFrame(rows)
+    frame.attrs["skipped"] = skipped
+    return frame
+
+
+UNIT_INTERVAL_METRICS = {"mean_auroc", "dice_per_image"}
+
+
+def _score(metrics: dict, name: str) -> float | None:
+    """A score: absent, or a finite number (in [0, 1] for AUROC and Dice)."""
+    value = metrics.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise ValueError(f"metrics.{name} is {value!r}, expected a finite number")
+    if name in UNIT_INTERVAL_METRICS and not 0 <= value <= 1:
+        raise ValueError(f"metrics.{name} is {value!r}, expected a number in [0, 1]")
+    return float(value)
+
+
+def _record_row(path: Path, results_dir: Path) -> dict:
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict):
+        raise TypeError(f"the file holds a JSON {type(record).__name__}, expected an object")
+    cell, metrics = record["cell"], record["metrics"]
+    if not isinstance(cell, dict) or not isinstance(metrics, dict):
+        raise TypeError("cell and metrics must be objects")
+    for field in ("method", "dataset", "protocol"):
+        if not isinstance(cell[field], str):
+            raise TypeError(f"cell.{field} is {cell[field]!r}, expected a string")
+    fraction, seed = cell["label_fraction"], cell["seed"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 100:
+        raise ValueError(f"cell.label_fraction is {fraction!r}, expected a number in (0, 100]")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"cell.seed is {seed!r}, expected an integer")
+    headline = record.get("headline_metric", "mean_auroc")
+    if not isinstance(headline, str):
+        raise TypeError(f"headline_metric is {headline!r}, expected a string")
+    scores = {name: _score(metrics, name) for name in {"mean_auroc", "dice_per_image", headline}}
+    return {
+        "method": cell["method"],
+        "display_name": str(record.get("method_display_name", cell["method"])),
+        "is_baseline": bool(record.get("method_is_baseline", False)),
+        "dataset": cell["dataset"],
+        "protocol": cell["protocol"],
+        "label_fraction": float(fraction),
+        "seed": seed,
+        "mean_auroc": scores["mean_auroc"],
+        "dice_per_image": scores["dice_per_image"],
+        "headline_metric": headline,
+        "headline_score": scores[headline],
+        "ablation": json.dumps(record.get("method_ablation")) if record.get("method_ablation") else None,
+        "record_file": str(path.relative_to(Path(results_dir))),
+        "predictions_file": record.get("predictions_file"),
+        "git_commit": (record.get("environment") or {}).get("git_commit"),
+        "config_sha1": hashlib.sha1(json.dumps(record.get("config"), sort_keys=True, default=str).encode()).hexdigest()[:12],
+        "profile": ((record.get("config") or {}).get("profile") or {}).get("name"),
+        "created": record.get("created"),
+    }
 
 
 def base_dataset(dataset: str) -> str:

@@ -206,3 +206,22 @@ def test_a_folder_without_records_takes_a_new_configuration(tmp_path, capsys):
     assert main(["run", "--methods", "sup1", "--protocol", "frozen", "--profile", "smoke", "--fractions", "100",
                  "--out", str(out)]) == 0
     assert json.loads((out / "run.json").read_text())["profile"]["name"] == "smoke"
+
+
+def test_two_runs_into_one_folder_compute_each_cell_once(tmp_path):
+    """Started together after the encoder exists, two runs share the cells through their claims."""
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "cxrbench", "run", "--methods", "vicreg", "--protocol", "frozen", "--profile", "smoke",
+            "--out", str(out)]
+    subprocess.run(base + ["--fractions", "100", "--seeds", "0"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (out / "cells" / "vicreg__phantom-nih__frozen__100pct__seed0.json").unlink()  # the encoder stays
+    for stale in (out / "cells").glob("*.npz"):
+        stale.unlink()
+    both = [subprocess.Popen(base + ["--seeds", "0,1,2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outputs = [process.communicate(timeout=1800)[0] for process in both]
+    assert [process.returncode for process in both] == [0, 0], outputs
+    computed = [line for text in outputs for line in text.splitlines() if "frozen" in line and "mean_auroc" in line]
+    assert len(computed) == 9, computed  # 3 fractions x 3 seeds, each evaluated by one of the two runs
+    assert len(list((out / "cells").glob("*.json"))) == 9
+    assert not list((out / "cells" / "claims").glob("*.json"))  # every claim released

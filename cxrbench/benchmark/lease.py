@@ -103,8 +103,10 @@ class PretrainingLease:
     """Hold the lease of ``directory`` (``with`` block); raises PretrainingInProgressError if it is live."""
 
     def __init__(self, directory: Path, heartbeat_seconds: float = HEARTBEAT_SECONDS,
-                 stale_after: float = STALE_AFTER_SECONDS):
-        self.path = Path(directory) / LEASE_NAME
+                 stale_after: float = STALE_AFTER_SECONDS, name: str = LEASE_NAME, activity: str = "pretrained"):
+        # ``name``/``activity``: the same lease serves as an evaluation cell's claim (cells/claims/CELL.json)
+        self.path = Path(directory) / name
+        self.activity = activity
         self.heartbeat_seconds, self.stale_after = heartbeat_seconds, stale_after
         self._stop = threading.Event()
         self._beating: threading.Thread | None = None
@@ -118,8 +120,9 @@ class PretrainingLease:
         while not self._create():
             holder = _read_holder(self.path)  # looked at only after our link failed: no gap to race in
             if holder is not None and _is_live(holder, self.stale_after):
+                what = self.path.parent if self.path.name == LEASE_NAME else self.path.stem
                 raise PretrainingInProgressError(
-                    f"{self.path.parent} is being pretrained by another process ({holder.describe()}); "
+                    f"{what} is being {self.activity} by another process ({holder.describe()}); "
                     f"wait for it, or delete {self.path} if that process is gone")
             self._remove_stale()
         self._beating = threading.Thread(target=self._beat, name="cxrbench-lease-heartbeat", daemon=True)
@@ -130,7 +133,7 @@ class PretrainingLease:
         atomically, also on NFS, where O_EXCL was not always honoured. As ``open(2)`` advises
         there, success is read from the link count: a retried link can report EEXIST after it
         succeeded."""
-        temporary = self.path.with_name(f".{LEASE_NAME}.{self.identity['host']}.{self.identity['pid']}")
+        temporary = self.path.with_name(f".{self.path.name}.{self.identity['host']}.{self.identity['pid']}")
         temporary.write_text(json.dumps(self.identity))
         try:
             try:
@@ -144,7 +147,7 @@ class PretrainingLease:
     def _remove_stale(self) -> None:
         """Move the stale lease aside, and delete it only if what was moved is stale indeed: a
         process that took the lease in between keeps it (rename moves one file, atomically)."""
-        aside = self.path.with_name(f".{LEASE_NAME}.stale.{self.identity['host']}.{self.identity['pid']}")
+        aside = self.path.with_name(f".{self.path.name}.stale.{self.identity['host']}.{self.identity['pid']}")
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:

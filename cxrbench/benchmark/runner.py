@@ -340,11 +340,30 @@ class Runner:
                 pretrained_state, pretrain_record = None, None
             shared_cache: dict = {}
             for cell in mine[method_name]:
-                written.append(self._run_cell(cell, method_cls, pretrained_state, pretrain_record, shared_cache))
+                record = self._run_claimed(cell, method_cls, pretrained_state, pretrain_record, shared_cache)
+                if record is not None:
+                    written.append(record)
                 progress.update(1)
         progress.close()
         barrier()  # the run is over when every rank's cells are
         return written
+
+    def _run_claimed(self, cell: Cell, method_cls, pretrained_state, pretrain_record, shared_cache) -> dict | None:
+        """Evaluate ``cell`` while holding its claim (``cells/claims/CELL.json``, the pretraining
+        lease's mechanism), so that concurrent runs and jobs over one folder never compute a cell
+        twice; None if another process holds it or finished it meanwhile."""
+        claim = PretrainingLease(self.out_dir / "cells" / "claims", name=f"{cell.record_name}.json", activity="evaluated")
+        try:
+            claim.acquire()
+        except PretrainingInProgressError as error:
+            self.echo(f"{cell.record_name}: skipped here, {error}".split("; wait for it")[0])
+            return None
+        try:
+            if self.cell_path(cell).is_file() and self.has_record(cell):
+                return None  # another process finished it between our look and our claim
+            return self._run_cell(cell, method_cls, pretrained_state, pretrain_record, shared_cache)
+        finally:
+            claim.release()
 
     def _run_cell(self, cell: Cell, method_cls, pretrained_state, pretrain_record, shared_cache) -> dict:
         protocol = PROTOCOLS[cell.protocol]

@@ -112,3 +112,9 @@ def test_bench_speed_measures_every_method_and_the_frozen_cache_in_one_json(caps
     assert frozen["speedup"] == pytest.approx(frozen["recomputed_total_seconds_estimated"] / frozen["cached_total_seconds"])
     assert "pretraining.optiml.images_per_second" in stdout and "frozen_cache.speedup" in stdout
     assert report["sinkhorn"]["max_abs_plan_difference"] < 1e-6
+
+
+def test_an_out_folder_that_permissions_allow_but_the_file_system_refuses_is_one_line(capsys):
+    # /sys refuses new files even to root, whom os.access allows everything
+    code, _, stderr = run_cli(capsys, "run", "--methods", "sup1", "--profile", "smoke", "--out", "/sys/cxrbench-run")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "not writable" in stderr

@@ -273,6 +273,7 @@ def test_unreadable_rle_is_skipped_and_listed(tmp_path):
     manifest = prepare_dataset("siim", tmp_path / "raw", tmp_path / "siim", size=32, workers=1, seeds=(0,))
     bad = rows["ImageId"].iloc[-1]
     assert any(bad in p["file"] and "unreadable RLE" in p["reason"] for p in manifest["skipped"])
+    assert sum(bad in p["file"] for p in manifest["skipped"]) == 1  # once, not again as "on disk but not listed"
     assert bad not in set(PreparedDataset.load(tmp_path / "siim").index["image_id"])
 
 

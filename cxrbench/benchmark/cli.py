@@ -79,6 +79,15 @@ def _check_writable(path: Path, flag: str) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise CliError(f"{flag} {path}: not writable ({probe} does not accept new files)")
+    # os.access answers for permissions only: root "may" write to /sys or a read-only mount,
+    # and creating a file there still fails. Try, with a file that is removed at once.
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as error:
+        raise CliError(f"{flag} {path}: not writable ({probe}: {error.strerror or error})") from None
 
 
 def _check_device_name(name: str) -> None:

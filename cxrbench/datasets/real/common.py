@@ -73,16 +73,24 @@ def index_files(directories: list[Path], suffixes: tuple[str, ...], *, recursive
     return found
 
 
+def _file_stem(image_id: str) -> str:
+    """The file-name stem an image id is found under (SIIM's ids are dotted UIDs: no suffix to strip)."""
+    return Path(image_id).stem if image_id.lower().endswith((".png", ".dcm", ".dicom")) else image_id
+
+
 def attach_files(catalog: Catalog, files: dict[str, Path], where: str) -> None:
     """Set ``path`` from the file index; report images listed but missing, and files not listed."""
     rows = catalog.rows
-    stems = rows["image_id"].map(lambda image_id: Path(image_id).stem if image_id.lower().endswith((".png", ".dcm", ".dicom")) else image_id)
+    stems = rows["image_id"].map(_file_stem)
     rows["path"] = stems.map(lambda stem: str(files[stem]) if stem in files else "")
     for image_id in rows.loc[rows["path"] == "", "image_id"]:
         catalog.problem(f"{where}/{image_id}", "listed in the labels but not on disk")
     listed = set(stems)
+    # images the reader dropped already (an unknown label, an unreadable RLE: "LABELS.csv:ID")
+    # are in the manifest once, with that reason, not a second time as unlisted files
+    dropped = {_file_stem(entry["file"].rsplit(":", 1)[-1]) for entry in catalog.problems if ":" in entry["file"]}
     for stem, path in sorted(files.items()):
-        if stem not in listed:
+        if stem not in listed and stem not in dropped:
             catalog.problem(path, "on disk but not listed in the labels (not used)")
     catalog.rows = rows[rows["path"] != ""].reset_index(drop=True)
 

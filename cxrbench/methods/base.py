@@ -90,6 +90,8 @@ class Method(nn.Module):
                 raise ValueError(f"{cls.name}: hyperparameter {field.name}={value!r}: {problem}")
             if isinstance(default, tuple):
                 overrides[field.name] = tuple(value)
+            elif isinstance(default, int) and not isinstance(default, bool):
+                overrides[field.name] = int(value)  # 1024.0 from YAML or --set: a whole number
         return cls.Hyperparameters(**overrides)
 
     @classmethod

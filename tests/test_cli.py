@@ -43,6 +43,9 @@ def run_cli(capsys, *argv):
         (["--methods", "vicreg", "--set", "evaluation.fractions=10"], "evaluation.fractions"),
         (["--methods", "vicreg", "--set", "methods.vicreg.base_lr=abc"], "base_lr"),
         (["--methods", "vicreg", "--set", "methods.vicreg.crop_scale=[0.5]"], "crop_scale"),
+        (["--methods", "vicreg", "--set", "evaluation.seeds=[5000000]"], "evaluation.seeds"),
+        (["--methods", "vicreg", "--set", "evaluation.fractions=[0]"], "evaluation.fractions"),
+        (["--methods", "vicreg", "--set", "evaluation.seeds=[]"], "evaluation.seeds"),
     ],
 )
 def test_bad_run_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, argv, named):

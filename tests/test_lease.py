@@ -402,3 +402,18 @@ def test_under_two_processes_every_rank_follows_rank_0_at_the_lease(tmp_path, sm
     # and a rank 0 that fails at the lease raises its own error, the others a RuntimeError, none waits
     assert json.loads((tmp_path / "rank0.json").read_text()) == ["refused: True", "stored=True", "failed: PermissionError"]
     assert json.loads((tmp_path / "rank1.json").read_text()) == ["refused: False", "stored=True", "failed: RuntimeError (rank 0's decision)"]
+
+
+def test_a_cell_claimed_by_a_live_process_elsewhere_is_skipped_and_said(tmp_path, capsys):
+    from cxrbench.benchmark.cli import main
+
+    out = tmp_path / "out"
+    claimed = _foreign_lease(out / "cells" / "claims")  # RUNNING.json: rename it to the cell's claim
+    claimed.rename(claimed.with_name("sup1__phantom-nih__frozen__100pct__seed0.json"))
+    code = main(["run", "--methods", "sup1", "--protocol", "frozen", "--profile", "smoke", "--datasets", "phantom-nih",
+                 "--fractions", "10,100", "--out", str(out)])
+    said = capsys.readouterr().out
+    assert code == 0
+    assert "sup1__phantom-nih__frozen__100pct__seed0: skipped here" in said and "gpu-node-17" in said
+    assert "1 cell(s) were being evaluated by another process" in said
+    assert sorted(p.name for p in (out / "cells").glob("*.json")) == ["sup1__phantom-nih__frozen__10pct__seed0.json"]

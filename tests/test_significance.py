@@ -104,7 +104,7 @@ def test_holm_decides_over_the_tables_cells(tmp_path, monkeypatch):
     baseline = scores_with_signal(0.3, 20)
     write_cell(tmp_path, "sup1", baseline, baseline=True, display="Sup.1")
     for index, name in enumerate(("a", "b", "c")):
-        write_cell(tmp_path, name, scores_with_signal(0.5, 21 + index), display=name.upper())
+        write_cell(tmp_path, name, scores_with_signal(1.5, 21 + index), display=name.upper())  # deltas above 0, as the stand-in tests say
     monkeypatch.setattr(comparisons, "exact_test_between", lambda *args: ExactTest(0.01, 0.004, 0.02, "delong"))
     records = load_records(tmp_path)
     table = mark_significance(layout(summarise(records, "frozen")), records, tmp_path, "frozen")
@@ -184,9 +184,18 @@ def test_a_report_never_replaces_a_folder_that_is_not_a_report(tmp_path, capsys)
     precious = tmp_path / "thesis"
     precious.mkdir()
     (precious / "chapter1.tex").write_text("...")
+    (precious / "index.md").write_text("# My documentation site\n")  # an index.md alone does not make a report
     assert main(["report", "--results", str(tmp_path / "run"), "--out", str(precious)]) == 2
     assert "not a cxrbench report" in capsys.readouterr().err
     assert (precious / "chapter1.tex").read_text() == "..."
+    # a report folder is readable by others (mkdtemp's 0700 is not kept)
+    assert main(["report", "--results", str(tmp_path / "run"), "--out", str(tmp_path / "shared-report")]) == 0
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "shared-report").stat().st_mode) == 0o777 & ~umask
 
 
 @pytest.mark.parametrize("damage, field", [

@@ -53,6 +53,16 @@ def _parse_fractions(text: str) -> list[float]:
     return fractions
 
 
+def _from_profile(parse, key: str, values) -> list:
+    """A profile's (or a --set) list checked by the same rules as the flag's."""
+    if not isinstance(values, list):
+        raise CliError(f"{key} is {values!r}; expected a list such as [0, 1]")
+    try:
+        return parse(",".join(str(value) for value in values))
+    except CliError as error:
+        raise CliError(f"{key} (profile or --set): {error}") from None
+
+
 MAX_SEED = 999_999
 
 
@@ -221,8 +231,9 @@ def command_run(args) -> int:
                                f"which the {protocol} protocol needs")
         datasets_by_protocol[protocol] = chosen
     # an empty --fractions '' or --seeds '' is an error, not the profile's whole grid
-    fractions = _parse_fractions(args.fractions) if args.fractions is not None else [float(f) for f in evaluation["fractions"]]
-    seeds = _parse_seeds(args.seeds) if args.seeds is not None else [int(s) for s in evaluation["seeds"]]
+    fractions = _parse_fractions(args.fractions) if args.fractions is not None else \
+        _from_profile(_parse_fractions, "evaluation.fractions", evaluation["fractions"])
+    seeds = _parse_seeds(args.seeds) if args.seeds is not None else _from_profile(_parse_seeds, "evaluation.seeds", evaluation["seeds"])
     if args.pretrain_dataset:
         _check_choices("pretraining dataset", [args.pretrain_dataset], available_datasets())
         profile["pretrain"]["dataset"] = args.pretrain_dataset
@@ -277,6 +288,9 @@ def command_run(args) -> int:
     if args.executor == "inline":
         written = sum_across_processes(len(runner.run(cells)))
         missing = runner.missing
+        if runner.claimed_elsewhere:
+            print(f"bench run: {len(runner.claimed_elsewhere)} cell(s) were being evaluated by another process and were "
+                  f"skipped here; the same command picks up any that process did not finish")
     else:
         from cxrbench.benchmark.dispatch import Executors, dispatch
 
@@ -328,7 +342,7 @@ def _signals_as_exit():
 
 def _report_learning(out_dir: Path) -> None:
     """The end of a run: which methods did not beat random initialisation in any cell."""
-    from cxrbench.benchmark.comparisons import did_not_learn, learning_check
+    from cxrbench.benchmark.comparisons import decided_methods, did_not_learn, learning_check
 
     check = learning_check(out_dir)
     if check.empty:
@@ -336,9 +350,10 @@ def _report_learning(out_dir: Path) -> None:
               "run sup1 on the same cells to check that the methods learn")
         return
     verdicts = did_not_learn(check)
-    learned = sorted(set(check["method"]) - set(verdicts))
+    decided = decided_methods(check)
+    learned = sorted(decided - set(verdicts))
     print(f"bench run: learning check against random initialisation (Sup.1), paired tests, Holm per protocol: "
-          f"{len(learned)} of {check['method'].nunique()} method(s) significantly above it in at least one cell"
+          f"{len(learned)} of {len(decided)} method(s) significantly above it in at least one frozen (else fine-tune) cell"
           + (f" ({', '.join(learned)})" if learned else ""))
     for method, reason in sorted(verdicts.items()):
         print(f"bench run: did not learn here: {reason}")
@@ -398,6 +413,7 @@ def command_report(args) -> int:
     default = results / "report" if results is not None else Path("reports") / args.reference
     out_dir = Path(args.out) if args.out else default
     _check_writable(out_dir, "--out")
+    _check_writable(out_dir.resolve().parent, "--out")  # the report is staged beside it and renamed into place
     try:
         written = write_report(results, out_dir, reference=args.reference, baseline=args.baseline)
     except ReportError as error:

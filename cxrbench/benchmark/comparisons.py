@@ -49,7 +49,8 @@ def _cell_records(results_dir: Path) -> list[dict]:
 
 def _has_predictions(record: dict) -> bool:
     """A record whose predictions file is there (a missing one leaves the cell out of the tests)."""
-    return bool(record.get("predictions_file")) and record["_path"].with_name(record["predictions_file"]).is_file()
+    name = record.get("predictions_file")
+    return isinstance(name, str) and bool(name) and Path(name).name == name and record["_path"].with_name(name).is_file()
 
 
 def _predictions(record: dict) -> dict:
@@ -180,6 +181,11 @@ def learning_check(results_dir: Path, alpha: float = 0.05) -> pd.DataFrame:
 # representation itself; fine-tuning trains the encoder further, and per-image Dice swings with
 # whether a U-Net predicts empty masks, so those are shown but do not decide
 VERDICT_PROTOCOLS = ("frozen", "finetune")
+
+
+def decided_methods(check: pd.DataFrame) -> set[str]:
+    """Methods with cells of a deciding protocol (frozen or fine-tune): only these get a verdict."""
+    return set(check.loc[check["protocol"].isin(VERDICT_PROTOCOLS), "method"])
 
 
 def did_not_learn(check: pd.DataFrame) -> dict[str, str]:

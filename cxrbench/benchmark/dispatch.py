@@ -26,6 +26,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from cxrbench.benchmark.lease import PretrainingInProgressError
 from cxrbench.benchmark.runner import Cell, Runner
 from cxrbench.methods import get_method
 
@@ -80,7 +81,11 @@ def pretraining_job(profile: dict, out_dir: str, device: str, threads: int, meth
 def cell_job(profile: dict, out_dir: str, device: str, threads: int, cell: Cell) -> int:
     """One job: evaluate one cell with the stored encoder; returns the records written (0 or 1)."""
     runner = Runner(profile, Path(out_dir), _job_device(device, threads), echo=print, persist_shared=True)
-    return len(runner.run([cell]))
+    written = len(runner.run([cell]))
+    if runner.claimed_elsewhere:  # not done by this job: say so, so that the grid does not count it as done
+        raise PretrainingInProgressError(f"cell {cell.record_name} is being evaluated by another process "
+                                         f"(its claim in {Path(out_dir) / 'cells' / 'claims'}); run the same command again later")
+    return written
 
 
 def parse_slurm_time(text: str) -> int:

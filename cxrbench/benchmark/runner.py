@@ -61,8 +61,10 @@ def _read_stored_encoder(directory: Path):
 
 def holds_results(out_dir: Path) -> bool:
     """Whether a run folder holds anything made under its configuration: cell records, encoders or checkpoints."""
+    # a run in progress counts too (its leases and claims), and the stored frozen features
     return any(out_dir.glob("cells/*.json")) or any(out_dir.glob("pretrain/*/encoder.pth")) \
-        or any(out_dir.glob("pretrain/*/checkpoints/*.pt"))
+        or any(out_dir.glob("pretrain/*/checkpoints/*.pt")) or any(out_dir.glob("pretrain/*/RUNNING.json")) \
+        or any(out_dir.glob("cells/claims/*.json")) or any(out_dir.glob("shared/*"))
 
 
 def record_problem(path: Path, cell: Cell) -> str | None:
@@ -86,6 +88,8 @@ def record_problem(path: Path, cell: Cell) -> str | None:
     if not isinstance(record.get("metrics"), dict):
         return "has no metrics"
     predictions = record.get("predictions_file")
+    if predictions is not None and (not isinstance(predictions, str) or not predictions or Path(predictions).name != predictions):
+        return f"predictions_file {predictions!r} is not a file name"
     if predictions and not (path.parent / predictions).is_file():
         return f"its predictions file {predictions} is missing"
     return None
@@ -136,6 +140,7 @@ class Runner:
         self.device = device
         self.echo = echo
         self._datasets: dict[str, PreparedDataset] = {}
+        self.claimed_elsewhere: list[Cell] = []  # cells another live process was evaluating
         self.missing: dict[str, str] = {}  # method -> why its cells were not run
         self._environment = environment(device)
 
@@ -312,8 +317,11 @@ class Runner:
         """
         if world().is_main:
             self.claim_out_dir()
-        pending = [cell for cell in cells if not self.has_record(cell)] if world().is_main else \
-            [cell for cell in cells if not self.cell_path(cell).is_file()]
+        if world().is_main:
+            for cell in cells:
+                self.has_record(cell)  # a damaged record is moved aside here, before any rank looks
+        barrier()
+        pending = [cell for cell in cells if not self.cell_path(cell).is_file()]
         barrier()  # every rank has the same list before any writes a record
         skipped = len(cells) - len(pending)
         if skipped:
@@ -356,6 +364,7 @@ class Runner:
         try:
             claim.acquire()
         except PretrainingInProgressError as error:
+            self.claimed_elsewhere.append(cell)
             self.echo(f"{cell.record_name}: skipped here, {error}".split("; wait for it")[0])
             return None
         try:

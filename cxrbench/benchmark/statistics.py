@@ -230,7 +230,9 @@ def paired_t_test(values_a: np.ndarray, values_b: np.ndarray) -> ExactTest:
 
     values_a, values_b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
     difference = float(np.mean(values_a - values_b))
-    spread = np.std(values_a - values_b, ddof=1) / np.sqrt(len(values_a)) if len(values_a) > 1 else float("nan")
+    if len(values_a) < 2 or not np.isfinite(values_a - values_b).all():
+        return ExactTest(difference, float("nan"), float("nan"), "paired-t")  # nothing to test: never significant
+    spread = np.std(values_a - values_b, ddof=1) / np.sqrt(len(values_a))
     if not spread > 0:
         return ExactTest(difference, float(spread), 1.0 if difference == 0 else 0.0, "paired-t")
     return ExactTest(difference, float(spread), float(ttest_rel(values_a, values_b).pvalue), "paired-t")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import shutil
 import sys
 import tempfile
@@ -86,13 +87,18 @@ def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | No
     if results_dir is None and reference is None:
         raise ReportError("give --results DIR, --reference NAME, or both")
     out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "index.md").is_file():
-        raise ReportError(f"--out {out_dir}: exists and is not a cxrbench report (no index.md); choose a new or empty folder")
+    kept = _records_inside(results_dir, out_dir)
+    if out_dir.is_dir() and not _is_report(out_dir) and set(out_dir.iterdir()) - {kept}:
+        raise ReportError(f"--out {out_dir}: exists and is not a cxrbench report (no {REPORT_MARKER}); "
+                          f"choose a new or empty folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make every report private
     try:
         written = _render_report(results_dir, staging, reference=reference, baseline=baseline)
-        kept = _records_inside(results_dir, out_dir)
+        (staging / REPORT_MARKER).write_text("written by bench report; this folder is replaced whole by the next one\n")
         if kept is not None:
             kept.rename(staging / kept.relative_to(out_dir))
     except BaseException:
@@ -106,6 +112,20 @@ def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | No
     else:
         staging.rename(out_dir)
     return [out_dir / path.relative_to(staging) for path in written]
+
+
+REPORT_MARKER = ".cxrbench-report"
+
+
+def _is_report(folder: Path) -> bool:
+    """A folder bench report wrote (its marker; or, from before the marker, its index page's title)."""
+    if (folder / REPORT_MARKER).is_file():
+        return True
+    index = folder / "index.md"
+    try:
+        return index.is_file() and index.read_text().startswith("# cxrbench report")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _records_inside(results_dir: Path | None, out_dir: Path) -> Path | None:
@@ -200,7 +220,7 @@ def _render_report(results_dir: Path | None, out_dir: Path, *, reference: str | 
             page.note(line)
             print(f"bench report: {line}", file=sys.stderr)
         missing = [row.record_file for row in ours.itertuples() if row.predictions_file
-                   and not (Path(results_dir) / row.record_file).with_name(row.predictions_file).is_file()]
+                   and not (Path(results_dir) / row.record_file).parent.joinpath(row.predictions_file).is_file()]
         if missing:
             note = (f"{len(missing)} record(s) without their predictions file, left out of every paired test and "
                     f"figure: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
@@ -231,12 +251,12 @@ LEARNING_CAPTION = (
 
 
 def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]:
-    from cxrbench.benchmark.comparisons import did_not_learn, learning_check
+    from cxrbench.benchmark.comparisons import decided_methods, did_not_learn, learning_check
 
     check = learning_check(results_dir)
     if check.empty:
         return []
-    verdicts = did_not_learn(check)
+    verdicts, decided = did_not_learn(check), decided_methods(check)
     check = check.assign(column=[f"{d} {_fraction_label_short(f)}" for d, f in zip(check["dataset"], check["label_fraction"])],
                          text=[f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (" ✓" if s else "")
                                for d, lo, hi, s in zip(check["difference"], check["low"], check["high"], check["significant"])])
@@ -246,7 +266,8 @@ def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]
             sorted(set(check["protocol"]) - {"frozen", "finetune", "segmentation"}):
         part = check[check["protocol"] == protocol]
         frame = part.pivot_table(index="display_name", columns="column", values="text", aggfunc="first", sort=False).fillna("–")
-        frame.insert(0, "verdict", ["did not learn here" if names[name] in verdicts else "learned" for name in frame.index])
+        frame.insert(0, "verdict", ["did not learn here" if names[name] in verdicts else "learned" if names[name] in decided
+                                    else "no verdict (no frozen or fine-tune cells)" for name in frame.index])
         frame = frame.reset_index().rename(columns={"display_name": "Method"})
         caption = f"{LEARNING_CAPTION} This table: {protocol}."
         markdown = f"{caption}\n\n" + tabulate(frame.values.tolist(), headers=list(frame.columns), tablefmt="pipe",

@@ -95,6 +95,9 @@ def _record_row(path: Path, results_dir: Path) -> dict:
         raise ValueError(f"cell.label_fraction is {fraction!r}, expected a number in (0, 100]")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"cell.seed is {seed!r}, expected an integer")
+    predictions = record.get("predictions_file")
+    if predictions is not None and (not isinstance(predictions, str) or Path(predictions).name != predictions):
+        raise ValueError(f"predictions_file is {predictions!r}, expected a file name beside the record")
     headline = record.get("headline_metric", "mean_auroc")
     if not isinstance(headline, str):
         raise TypeError(f"headline_metric is {headline!r}, expected a string")
@@ -147,6 +150,7 @@ class Cell:
     delta: float | None = None  # to the baseline row; None in the baseline row itself
     best: bool = False  # bold: the column's best, or not significantly below it
     significant: bool = False  # the delta passed the paired test (Holm over the table's cells)
+    tested: bool = False  # a paired test was possible (predictions of both cells on the same images)
 
     def text(self, latex: bool = False) -> str:
         if self.mean is None:
@@ -266,26 +270,32 @@ def mark_significance(table: Table, records: pd.DataFrame, results_dir: Path, pr
     subset = records[records["protocol"] == protocol]
     files = {(r.method, r.dataset, r.label_fraction, r.seed): r.record_file for r in subset.itertuples()}
 
-    def cell_test(method_a: str, method_b: str, column) -> float:
+    def cell_test(method_a: str, method_b: str, column) -> tuple[float, float]:
+        """(p-value over the seeds, sign of the tested difference a - b)."""
         seeds = sorted(seed for (m, d, f, seed) in files if m == method_a and (d, f) == column
                        and (method_b, d, f, seed) in files)
         differences, p_values = [], []
         for seed in seeds:
             test = exact_test_between(results_dir, files[(method_a,) + column + (seed,)], files[(method_b,) + column + (seed,)])
             if test is None:
-                return float("nan")
+                return float("nan"), 0.0
             differences.append(test.difference)
             p_values.append(test.p_value)
-        return _combine_seeds(differences, p_values)
+        return _combine_seeds(differences, p_values), float(np.sign(np.mean(differences))) if differences else 0.0
 
     testable = False
     # deltas to the baseline: one family, the table's cells
     if table.baseline is not None:
         tested = [(label, column) for (label, column), cell in table.cells.items() if cell.delta is not None]
-        p_values = [cell_test(table.methods[label], table.baseline, column) for label, column in tested]
+        results = [cell_test(table.methods[label], table.baseline, column) for label, column in tested]
+        p_values = [p for p, _ in results]
         testable |= any(p == p for p in p_values)
-        for (label, column), reject in zip(tested, holm_reject(p_values, alpha)):
-            table.cells[(label, column)].significant = reject
+        for (label, column), (p_value, sign), reject in zip(tested, results, holm_reject(p_values, alpha)):
+            cell = table.cells[(label, column)]
+            cell.tested = p_value == p_value
+            # the arrow follows the printed delta: only where the test's difference points the same way
+            # (the test leaves out classes with a single positive, which the printed mean keeps)
+            cell.significant = reject and sign == np.sign(round(cell.delta, 1))
     # bold: every row not significantly below the column's best; one family per column
     for column in table.columns:
         present = [(label, table.cells[(label, column)]) for label in table.rows if (label, column) in table.cells]
@@ -293,10 +303,12 @@ def mark_significance(table: Table, records: pd.DataFrame, results_dir: Path, pr
             continue
         best_label, best_cell = max(present, key=lambda item: item[1].mean)
         others = [(label, cell) for label, cell in present if label != best_label]
-        p_values = [cell_test(table.methods[best_label], table.methods[label], column) for label, _ in others]
+        results = [cell_test(table.methods[best_label], table.methods[label], column) for label, _ in others]
+        p_values = [p for p, _ in results]
         testable |= any(p == p for p in p_values)
-        for (_, cell), p_value, reject in zip(others, p_values, holm_reject(p_values, alpha)):
-            cell.best = not reject and not np.isnan(p_value)  # untestable: not claimed tied
+        for (_, cell), (p_value, sign), reject in zip(others, results, holm_reject(p_values, alpha)):
+            # bold unless significantly below the best; untestable: not claimed tied
+            cell.best = not np.isnan(p_value) and not (reject and sign > 0)
         best_cell.best = True
     table.significance = "tested" if testable else None
     return table
@@ -309,12 +321,14 @@ def significance_sentence(table: Table) -> str:
                 "highest value only.")
     deltas = [cell for cell in table.cells.values() if cell.delta is not None]
     significant = sum(cell.significant for cell in deltas)
+    tested = sum(cell.tested for cell in deltas)
     if not deltas:
         return ("Bold: each column's best and every row not significantly below it (paired DeLong test of mean "
                 "AUROC, or paired t-test of per-image Dice; Holm within the column at 5 %).")
+    untested = f" ({len(deltas) - tested} could not be tested: no stored predictions)" if tested < len(deltas) else ""
     return (f"{significant} of {len(deltas)} cells differ significantly from the baseline row (arrows; paired DeLong "
             f"test of mean AUROC, or paired t-test of per-image Dice, on the same test images; Holm-corrected over "
-            f"the table's {len(deltas)} cells at 5 %; with several seeds a cell counts only when every seed's test "
+            f"the {tested} tested cells at 5 %{untested}; with several seeds a cell counts only when every seed's test "
             f"does). Other deltas are printed without an arrow. Bold: each column's best and every row not "
             f"significantly below it (the same tests against the best, Holm within the column).")
 

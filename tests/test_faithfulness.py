@@ -228,14 +228,19 @@ def test_lars_step_is_the_official_formula():
     assert not torch.equal(bias.detach(), b0)  # excluded from adaptation, still trained
 
 
-def test_official_trust_ratio_differs_from_the_libraries_where_the_decay_term_matters():
-    """eta |w| / |g + wd w| (official) against eta |w| / (|g| + wd |w|) (lightly, LARC)."""
-    w = torch.tensor([1.0, 0.0])
-    g = torch.tensor([-1e-4, 1e-4])  # a gradient as small as the decay term, partly against it
-    wd = 1e-4
-    official = w.norm() / (g + wd * w).norm()
-    library = w.norm() / (g.norm() + wd * w.norm())
-    assert official / library > 1.5
+def test_our_lars_differs_from_lightlys_where_the_decay_term_matters():
+    """eta |w| / |g + wd w| (official, ours) against eta |w| / (|g| + wd |w|) (lightly): one step each."""
+    from lightly.utils.lars import LARS as LightlyLARS
+
+    steps = []
+    for optimiser_class in (LARS, LightlyLARS):
+        weight = nn.Parameter(torch.tensor([1.0, 0.0]))
+        weight.grad = torch.tensor([-1e-4, 1e-4])  # a gradient as small as the decay term, partly against it
+        optimiser_class([weight], lr=1.0, momentum=0.0, weight_decay=1e-4, trust_coefficient=1e-3).step()
+        steps.append((torch.tensor([1.0, 0.0]) - weight.detach()).norm().item())
+    ours, lightlys = steps
+    assert ours == pytest.approx(1e-3, rel=1e-5)  # lr * (eta |w| / |d|) * |d| = eta |w|: the official step
+    assert ours / lightlys > 1.5
 
 
 # --- records that cannot drift ----------------------------------------------------------------

@@ -28,3 +28,20 @@ def smoke_nih(smoke_profile, phantom_cache):
     from cxrbench.datasets import DATASETS
 
     return DATASETS.get("phantom-nih")().load(smoke_profile["data"])
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CUDA; deselected (and counted as such in the summary) without it")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run where CUDA is present and are deselected elsewhere, so the
+    summary line says how many did not run ("N deselected") instead of counting them as passed."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]

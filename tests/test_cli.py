@@ -121,3 +121,61 @@ def test_an_out_folder_that_permissions_allow_but_the_file_system_refuses_is_one
     # /sys refuses new files even to root, whom os.access allows everything
     code, _, stderr = run_cli(capsys, "run", "--methods", "sup1", "--profile", "smoke", "--out", "/sys/cxrbench-run")
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "not writable" in stderr
+
+
+def test_set_reads_an_exponent_without_a_dot_as_the_number_meant():
+    """PyYAML reads `1e-5` as a string (YAML 1.1); `--set ...weight_decay=1e-5` must still work."""
+    from cxrbench.benchmark.profiles import apply_overrides, load_profile
+
+    profile = apply_overrides(load_profile("quick"), ["methods.simclr.weight_decay=1e-5", "evaluation.finetune.learning_rate=3E-4",
+                                                       "methods.simclr.temperature=0.2"])
+    assert profile["methods"]["simclr"]["weight_decay"] == 1e-5 and profile["methods"]["simclr"]["temperature"] == 0.2
+    assert profile["evaluation"]["finetune"]["learning_rate"] == 3e-4
+    with pytest.raises(ValueError, match="pretrain.epochs"):
+        apply_overrides(load_profile("quick"), ["pretrain.epochs=nan"])
+
+
+def test_status_reports_done_running_interrupted_and_left_from_the_folder_alone(tmp_path, capsys):
+    import json
+    import os
+    import socket
+
+    out = tmp_path / "run"
+    argv = ["run", "--methods", "simclr,sup1,sup2", "--protocol", "frozen", "--profile", "smoke", "--datasets", "phantom-nih",
+            "--fractions", "10,100", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    # the plan counts only what can run: Sup.2's ImageNet weights are not on this machine
+    assert "= 6 cells: 4 to run, 2 that cannot run here (sup2)" in printed
+    assert "[4/4" in printed and "left]" in printed  # cell k of N with the time left
+    assert main(["status", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "6 cells (2 cannot run here" in lines[0]
+    assert lines[1].startswith("cells: 4 done, 0 running, 0 damaged") and "0 left" in lines[1]
+    assert "nothing left: the plan is complete" in lines[-1]
+
+    # one record gone, another cell claimed by a live process, a pretraining interrupted
+    (out / "cells" / "sup1__phantom-nih__frozen__10pct__seed0.json").unlink()
+    (out / "cells" / "simclr__phantom-nih__frozen__10pct__seed0.json").unlink()
+    claims = out / "cells" / "claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    from cxrbench.benchmark.lease import _pid_namespace
+
+    (claims / "simclr__phantom-nih__frozen__10pct__seed0.json").write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": os.getpid(), "pid_namespace": _pid_namespace(), "job": None, "started": "now"}))
+    interrupted = out / "pretrain" / "byol__phantom-nih" / "checkpoints"
+    interrupted.mkdir(parents=True)
+    (interrupted / "epoch-00001.pt").write_bytes(b"x")
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "cells: 2 done, 1 running, 0 damaged (moved to cells/damaged), 1 left" in text
+    assert f"running: simclr__phantom-nih__frozen__10pct__seed0 (host {socket.gethostname()}, pid {os.getpid()}" in text
+    assert "1 interrupted" in text and "interrupted: byol" in text
+    assert "time left: ~" in text and "1 cell(s) at this folder's mean cell time per protocol" in text
+
+
+def test_status_of_a_folder_that_is_not_a_results_folder_is_a_one_line_error(tmp_path, capsys):
+    assert main(["status", str(tmp_path)]) == 2
+    assert main(["status", str(tmp_path / "missing")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "not a results folder" in errors[0] and "no such results folder" in errors[1]

@@ -34,6 +34,55 @@ def test_pretraining_changes_the_encoder_and_exports_a_torchvision_resnet18(smok
     assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
 
 
+def test_snapshots_are_the_encoder_at_the_steps_asked_for(smoke_nih):
+    cls = get_method("vicreg")
+    method = cls(cls.resolve_hyperparameters({"expander_dim": 64, "warmup_epochs": 0}))
+    result = pretrain(method, smoke_nih, batch_size=8, epochs=1, max_steps=3, seed=0, device=torch.device("cpu"),
+                      snapshot_steps=(1, 3))
+    assert sorted(result.snapshots) == [1, 3]
+    assert all(torch.equal(result.snapshots[3][k], v) for k, v in result.encoder_state_dict.items())
+    assert not torch.equal(result.snapshots[1]["layer4.1.conv2.weight"], result.snapshots[3]["layer4.1.conv2.weight"])
+
+
+def test_pretraining_writes_its_per_step_curves_for_tensorboard_and_the_record(smoke_nih, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cls = get_method("simclr")
+    method = cls(cls.resolve_hyperparameters({"warmup_epochs": 0}))
+    result = pretrain(method, smoke_nih, batch_size=8, epochs=1, max_steps=3, seed=0, device=torch.device("cpu"),
+                      log_dir=tmp_path / "tb")
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert {"pretrain/loss", "pretrain/lr", "pretrain/images_per_second"} <= set(events.Tags()["scalars"])
+    losses = events.Scalars("pretrain/loss")
+    assert [event.step for event in losses] == [1, 2, 3]
+    assert [entry["step"] for entry in result.step_history] == [1, 2, 3]
+    np.testing.assert_allclose([event.value for event in losses], [entry["loss"] for entry in result.step_history], rtol=1e-6)
+    assert len(result.step_seconds) == 3 and all(seconds > 0 for seconds in result.step_seconds)
+
+
+def test_frozen_features_use_batchnorm_statistics_of_the_training_images(smoke_nih):
+    """Every encoder's BN statistics are re-estimated on the training images before pooling:
+    the stored statistics (here: absurd ones) must not change the features."""
+    from cxrbench.benchmark.protocols import _as_input, load_encoder, reestimate_batchnorm
+
+    torch.manual_seed(0)
+    state = get_method("sup1")().export_encoder()
+    absurd = {k: (v + 5.0 if k.endswith("running_mean") else v * 9.0 if k.endswith("running_var") else v) for k, v in state.items()}
+    frozen = PROTOCOLS["frozen"]
+    features = frozen.prepare_shared(state, smoke_nih, torch.device("cpu"))["features"]
+    np.testing.assert_allclose(frozen.prepare_shared(absurd, smoke_nih, torch.device("cpu"))["features"], features, rtol=1e-4, atol=1e-5)
+    # the first BN's statistics are the mean and (unbiased) variance of conv1's output over the training images
+    encoder = load_encoder(state, torch.device("cpu"))
+    train_images = smoke_nih.images[smoke_nih.split_positions("train")]
+    reestimate_batchnorm(encoder, train_images, torch.device("cpu"), batch_size=len(train_images))
+    with torch.no_grad():
+        conv1 = encoder.conv1(_as_input(train_images, torch.device("cpu")))
+    torch.testing.assert_close(encoder.bn1.running_mean, conv1.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(encoder.bn1.running_var, conv1.var((0, 2, 3), unbiased=True), rtol=1e-3, atol=1e-5)
+    assert not encoder.training
+
+
 def test_auroc_skips_labels_without_positives_and_averages_the_rest():
     targets = np.array([[1, 0, 0], [0, 0, 1], [1, 0, 0], [0, 0, 1]], dtype=np.float32)
     scores = np.array([[0.9, 0.1, 0.2], [0.2, 0.3, 0.8], [0.8, 0.2, 0.7], [0.1, 0.5, 0.6]])

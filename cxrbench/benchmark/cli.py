@@ -278,12 +278,24 @@ def command_run(args) -> int:
              for cell in plan_cells(methods, datasets, [protocol], fractions, seeds)]
     plan = "; ".join(f"{protocol} on {', '.join(datasets) or 'no dataset'}" for protocol, datasets in datasets_by_protocol.items())
     say = print if world.is_main else (lambda *_, **__: None)
+    unavailable = {name: get_method(name).unavailable_reason(method_hyperparameters(profile, name)) for name in methods}
+    cannot_run = [cell for cell in cells if unavailable[cell.method]]
+    have_record = sum(1 for cell in cells if not unavailable[cell.method] and (out_dir / "cells" / f"{cell.record_name}.json").is_file())
+    to_run = len(cells) - len(cannot_run) - have_record
     say(f"bench run: {len(methods)} method(s) x ({plan}) x {len(fractions)} fraction(s) x {len(seeds)} seed(s) "
-        f"= {len(cells)} cells; profile {args.profile}; records in {out_dir}"
+        f"= {len(cells)} cells: {to_run} to run"
+        + (f", {have_record} with a record already" if have_record else "")
+        + (f", {len(cannot_run)} that cannot run here ({', '.join(sorted({cell.method for cell in cannot_run}))})" if cannot_run else "")
+        + f"; profile {args.profile}; records in {out_dir}"
         + (f"; {world.size} processes" if world.distributed else "")
         + (f"; {args.executor} executor, {dispatch_options['jobs']} job(s) at once" if args.executor != "inline" else ""), flush=True)
     started = time.perf_counter()
     runner = Runner(profile, out_dir, device)
+    if world.is_main:  # what `bench status OUT` compares the folder against
+        from cxrbench.benchmark.status import write_plan
+
+        write_plan(out_dir, cells, {name: reason for name, reason in unavailable.items() if reason},
+                   [name for name in methods if get_method(name).pretrains], ["bench", *sys.argv[1:]])
     failures = []
     if args.executor == "inline":
         written = sum_across_processes(len(runner.run(cells)))
@@ -492,6 +504,53 @@ def command_speed(args) -> int:
     return 0
 
 
+def command_doctor(args) -> int:
+    from cxrbench.benchmark.profiles import available_profiles
+
+    _check_choices("profile", [args.profile], available_profiles())
+    device = _device(args.device)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.suffix != ".json":
+            raise CliError(f"--out {out}: expected a .json file name")
+        _check_writable(out.parent, "--out")
+    data_root = Path(args.data_root) if args.data_root else None
+    if data_root is not None and not data_root.is_dir():
+        raise CliError(f"--data-root {data_root}: not a directory")
+    from cxrbench.benchmark.doctor import run_doctor
+    from cxrbench.benchmark.records import atomic_write_json
+
+    from cxrbench.methods import available_methods, get_method
+
+    methods = None
+    if args.methods != "all":
+        methods = _csv(args.methods)
+        _check_choices("method", methods, available_methods())
+        without = [name for name in methods if not get_method(name).pretrains]
+        if without:
+            raise CliError(f"--methods {','.join(without)}: no pretraining stage to check; valid: "
+                           + ", ".join(name for name in available_methods() if get_method(name).pretrains))
+    report = run_doctor(device, args.profile, out.parent if out else Path.cwd(), data_root,
+                        echo=lambda line: print(line, flush=True), methods=methods)
+    if out is not None:
+        atomic_write_json(out, report)
+        print(out)
+    return 0 if report["passed"] else 1
+
+
+def command_status(args) -> int:
+    from cxrbench.benchmark.status import describe, grid_status
+
+    out_dir = Path(args.results)
+    if not out_dir.is_dir():
+        raise CliError(f"{out_dir}: no such results folder (expected a bench run --out folder)")
+    if not (out_dir / "cells").is_dir() and not (out_dir / "plan.json").is_file() and not (out_dir / "pretrain").is_dir():
+        raise CliError(f"{out_dir}: not a results folder (no cells/, pretrain/ or plan.json; expected a bench run --out folder)")
+    for line in describe(grid_status(out_dir)):
+        print(line)
+    return 0
+
+
 def _speed_rows(report: dict) -> list[tuple[str, str]]:
     def shown(value):
         return f"{value:.4g}" if isinstance(value, float) else value
@@ -638,6 +697,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench_speed.add_argument("--skip-step", action="store_true", help="leave out the per-method pretraining steps")
     bench_speed.add_argument("--device", default="auto", help="device of the training steps: auto, cpu, cuda")
     bench_speed.set_defaults(handler=command_speed)
+
+    status = commands.add_parser(
+        "status", help="what a grid has done, is running, has failed and has left, with the time left",
+        description="Reads a results folder (a bench run --out), also while the grid runs elsewhere (SLURM, another "
+                    "shell): cells done, being evaluated (live claims) and left against the latest bench run's plan; "
+                    "pretrainings stored, running (live leases), interrupted or to do; damaged records; and the time "
+                    "left, estimated from the folder's own records.")
+    status.add_argument("results", help="the results folder (bench run --out)")
+    status.set_defaults(handler=command_status)
+
+    doctor = commands.add_parser(
+        "doctor", help="self-check of an installation: environment, a pretraining step of every method, cells, DDP",
+        description="Run this first on a new machine or cluster node. Reports the environment (versions, CUDA, cuDNN, "
+                    "NCCL, GPUs, threads, free disk, Sup.2's ImageNet weights, prepared datasets), then checks, one "
+                    "PASS/FAIL line each: three pretraining steps of every registered method (plugins included) at the "
+                    "profile's image size under each precision the device supports, with channels-last and views made "
+                    "on the device; a frozen and a fine-tune cell written through the runner; one step of a one-process "
+                    "DistributedDataParallel group (gloo on CPU, NCCL on CUDA). Exit code 0 only if every check passed. "
+                    "About 2 minutes on 2 CPU cores with the quick profile.")
+    doctor.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N; default: auto")
+    doctor.add_argument("--profile", default="quick", help="whose image size the steps use; default: quick")
+    doctor.add_argument("--methods", default="all", help="comma-separated methods whose pretraining step to check; "
+                                                          "default: all that pretrain (plugins included)")
+    doctor.add_argument("--data-root", default=None, help="directory of prepared real datasets to list (DATA_ROOT/nih, ...)")
+    doctor.add_argument("--out", default=None, help="also write the report as JSON to this file")
+    doctor.set_defaults(handler=command_doctor)
     return parser
 
 

@@ -21,7 +21,7 @@ import os
 import signal
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,15 @@ class PretrainResult:
     steps: int
     epochs: float
     seconds: float
+    # step -> encoder state dict at that step, for the steps asked for (learning curves)
+    snapshots: dict = field(default_factory=dict)
+    # every ``step_log_every``-th step: step, lr, images/s and the method's logged scalars
+    step_history: list[dict] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each step this process ran
+
+
+# at most about this many entries in a pretraining record's per-step history
+STEP_HISTORY_POINTS = 400
 
 
 def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, final_fraction: float) -> float:
@@ -206,6 +215,8 @@ def pretrain(
     description: str = "pretrain",
     checkpoint_dir: Path | None = None,
     options: TrainingOptions = TrainingOptions(),
+    snapshot_steps: tuple[int, ...] = (),
+    log_dir: Path | None = None,
 ) -> PretrainResult:
     """Pretrain ``method`` on the training split of ``dataset`` (labels are never read).
 
@@ -240,9 +251,10 @@ def pretrain(
     # so single-process records reproduce); each rank of several draws from its own
     view_generator = order_generator if not world.distributed else torch.Generator(device="cpu").manual_seed(seed + 1_000_003 * (world.rank + 1))
     if world.distributed and device.type == "cuda":
-        torch.cuda.manual_seed(seed + 1_000_003 * (world.rank + 1))  # views drawn on the GPU differ per rank
+        torch.cuda.manual_seed(seed + 1_000_003 * (world.rank + 1))  # global GPU draws (the shuffled-BN order) differ per rank
     views_on = device if options.augment_on == "device" else torch.device("cpu")
     history: list[dict] = []
+    snapshots: dict[int, dict] = {}
     epoch_logs: dict[str, list[float]] = {}
     order = torch.randperm(len(images), generator=order_generator)
     position, first_step, seconds_before = 0, 0, 0.0
@@ -270,7 +282,16 @@ def pretrain(
         first_step, seconds_before = resumed["step"], resumed["seconds"]
     bar = tqdm(total=total_steps, initial=first_step, desc=description, unit="step", leave=False,
                disable=None if world.is_main else True)
+    writer = None
+    if log_dir is not None and world.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(log_dir), purge_step=first_step)
+    step_history = [entry for entry in (resumed or {}).get("step_history", []) if entry["step"] <= first_step]
+    log_every = max(1, total_steps // STEP_HISTORY_POINTS)
+    step_seconds: list[float] = []
     for step in range(first_step, total_steps):
+        step_started = time.perf_counter()
         _fault_injection(step)
         if position + batch_size > len(images):
             order, position = torch.randperm(len(images), generator=order_generator), 0
@@ -284,13 +305,26 @@ def pretrain(
         for group, peak in zip(optimizer.param_groups, peak_lrs):
             # a group marked fixed_lr keeps its rate (SimSiam's predictor, official `--fix-pred-lr`)
             group["lr"] = peak if group.get("fixed_lr") else peak * factor
-        views = method.make_views(batch, generator=view_generator if views_on.type == "cpu" else None)
+        # the views' random parameters come from the CPU generator wherever the views are made:
+        # views made on the GPU equal those made on the CPU, and a resumed run continues them
+        views = method.make_views(batch, generator=view_generator)
         views = [view.to(device, non_blocking=True) for view in views]
         loss, logs = step_runner(views, optimizer, step, progress=(step + 1) / total_steps)
         for key, value in logs.items():
             epoch_logs.setdefault(key, []).append(float(value))
         bar.set_postfix(loss=f"{logs.get('loss', loss.item()):.4f}")
         bar.update(1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the step's kernels are done before it is timed
+        step_seconds.append(time.perf_counter() - step_started)
+        scalars = {"lr": peak_lrs[0] * factor, "images_per_second": batch_size / step_seconds[-1], **logs}
+        if (step + 1) % log_every == 0 or step + 1 == total_steps:
+            step_history.append({"step": step + 1} | {key: float(value) for key, value in scalars.items()})
+        if writer is not None:
+            for key, value in scalars.items():
+                writer.add_scalar(f"pretrain/{key}", float(value), step + 1)
+        if step + 1 in snapshot_steps:
+            snapshots[step + 1] = method.export_encoder()
         if (step + 1) % steps_per_epoch == 0 or step + 1 == total_steps:
             history.append({"epoch": len(history) + 1, "step": step + 1, "lr": peak_lrs[0] * factor}
                            | {key: float(np.mean(values)) for key, values in epoch_logs.items()})
@@ -308,11 +342,14 @@ def pretrain(
                         "scaler": step_runner.scaler.state_dict() if step_runner.scaler is not None else None,
                         "order_generator": order_generator.get_state(), "ranks": ranks,
                         "order": order, "position": position, "history": history, "step": step + 1,
+                        "step_history": step_history,
                         "total_steps": total_steps, "batch_size": batch_size, "world_size": world.size,
                         "seconds": seconds_before + time.perf_counter() - started,
                     })
                 barrier()  # no rank runs ahead of a checkpoint that is not written yet
     bar.close()
+    if writer is not None:
+        writer.close()
     method.eval()
     return PretrainResult(
         encoder_state_dict=method.export_encoder(),
@@ -320,4 +357,7 @@ def pretrain(
         steps=total_steps,
         epochs=total_steps / steps_per_epoch,
         seconds=seconds_before + time.perf_counter() - started,
+        snapshots=snapshots,
+        step_history=step_history,
+        step_seconds=step_seconds,
     )

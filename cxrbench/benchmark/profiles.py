@@ -42,11 +42,23 @@ def apply_overrides(profile: dict, assignments: list[str]) -> dict:
         if not isinstance(node, dict) or (parts[-1] not in node and parts[0] != "methods"):
             valid = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a section)"
             raise ValueError(f"--set {key}: unknown profile key {key!r}; valid here: {valid}")
-        value = yaml.safe_load(text)
+        value = _yaml_value(text)
         if parts[0] != "methods":  # a method checks its own hyperparameters (resolve_hyperparameters)
             _check_value(key, node.get(parts[-1]), value)
         node[parts[-1]] = value
     return profile
+
+
+def _yaml_value(text: str):
+    """``text`` parsed as YAML, except that ``1e-5`` is the number a user means (YAML 1.1,
+    which PyYAML follows, reads an exponent without a dot as a string)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value) if value.strip().lower() not in {"nan", "inf", "-inf", "+inf", "infinity"} else value
+        except ValueError:
+            return value
+    return value
 
 
 # keys whose values count something: whole numbers, at least 1

@@ -142,6 +142,7 @@ class Runner:
         self._datasets: dict[str, PreparedDataset] = {}
         self.claimed_elsewhere: list[Cell] = []  # cells another live process was evaluating
         self.missing: dict[str, str] = {}  # method -> why its cells were not run
+        self._position = ""  # "[k/N, ~time left] " before each cell's line, set by ``run``
         self._environment = environment(device)
 
     # --- the configuration an output directory belongs to
@@ -232,6 +233,7 @@ class Runner:
                     max_steps=settings.get("max_steps"), seed=seed, device=self.device,
                     description=f"pretrain {method_name}", checkpoint_dir=directory / "checkpoints",
                     options=TrainingOptions.from_settings(settings),
+                    log_dir=directory / "tensorboard",  # `tensorboard --logdir OUT` draws every method's curves
                 )
                 if world().is_main:
                     self._store_pretraining(method_name, method, dataset, seed, result, directory)
@@ -292,6 +294,7 @@ class Runner:
             "epochs": result.epochs,
             "seconds": result.seconds,
             "history": result.history,
+            "step_history": result.step_history,  # every k-th step (at most ~400 points): curves per step
             # collapse check: the exported encoder against the same network at initialisation
             "diagnostics": {"pretrained": diagnostics, "initialisation": diagnostics_at_init},
             "environment": self._environment,
@@ -332,25 +335,34 @@ class Runner:
             by_method.setdefault(cell.method, []).append(cell)
         # this rank's share of each method's cells (all of them in one process)
         mine = {method: method_cells[world().rank :: world().size] for method, method_cells in by_method.items()}
-        progress = tqdm(total=sum(map(len, mine.values())), desc="cells", unit="cell", disable=None if world().is_main else True)
+        unavailable = {name: get_method(name).unavailable_reason(self.hyperparameters(name)) for name in by_method}
+        runnable = [name for name in by_method if not unavailable[name]]
+        total = sum(len(mine[name]) for name in runnable)
+        progress = tqdm(total=total, desc="cells", unit="cell", disable=None if world().is_main else True)
+        clock = _ProgressClock(total, sum(1 for name in runnable if get_method(name).pretrains and not self.encoder_is_stored(name)))
         for method_name, method_cells in by_method.items():
             method_cls = get_method(method_name)
-            reason = method_cls.unavailable_reason(self.hyperparameters(method_name))
+            reason = unavailable[method_name]
             if reason:
                 # reported, never silently replaced: the table shows these cells as missing
                 self.missing[method_name] = reason
                 self.echo(f"{method_name}: {len(method_cells)} cell(s) not run: {reason}")
-                progress.update(len(mine[method_name]))
                 continue
             if method_cls.pretrains:
+                was_stored, started = self.encoder_is_stored(method_name), time.perf_counter()
                 pretrained_state, pretrain_record = self.pretrained_encoder(method_name)
+                if not was_stored:
+                    clock.pretrained(time.perf_counter() - started)
             else:
                 pretrained_state, pretrain_record = None, None
             shared_cache: dict = {}
             for cell in mine[method_name]:
+                started = time.perf_counter()
+                self._position = clock.position()
                 record = self._run_claimed(cell, method_cls, pretrained_state, pretrain_record, shared_cache)
                 if record is not None:
                     written.append(record)
+                clock.cell_done(time.perf_counter() - started)
                 progress.update(1)
         progress.close()
         barrier()  # the run is over when every rank's cells are
@@ -442,9 +454,11 @@ class Runner:
         # predictions first, record last: the record is what marks the cell done
         atomic_write_bytes(self.cell_path(cell).with_name(predictions_name), buffer.getvalue())
         atomic_write_json(self.cell_path(cell), record)
+        _log_validation_curves(self.out_dir / "cells" / "tensorboard" / cell.record_name, result.selection)
         score = result.metrics[result.headline]
         self.echo(
-            f"{cell.method:>10} {cell.dataset:>14} {cell.protocol:>12} {cell.label_fraction:>5g}% seed {cell.seed}: "
+            self._position
+            + f"{cell.method:>10} {cell.dataset:>14} {cell.protocol:>12} {cell.label_fraction:>5g}% seed {cell.seed}: "
             + (f"{result.headline} {score:.4f} [{interval['low']:.4f}, {interval['high']:.4f}]" if score is not None and interval['low'] is not None
                else f"{result.headline} undefined (no test positives)")
             + f" (val {result.selection['val_score']:.4f}, n={result.num_train_images}, {result.timing['train_s'] + shared_seconds:.1f}s)"
@@ -453,7 +467,8 @@ class Runner:
 
 
     def _prepare_shared(self, protocol, cell: Cell, encoder_key: str, encoder_state: dict, dataset: PreparedDataset):
-        path = self.out_dir / "shared" / f"{cell.method}__{encoder_key}__{cell.dataset}__{cell.protocol}.npz"
+        version = getattr(protocol, "shared_version", None)
+        path = self.out_dir / "shared" / f"{cell.method}__{encoder_key}__{cell.dataset}__{cell.protocol}{'-' + version if version else ''}.npz"
         if self.persist_shared and path.is_file():
             with np.load(path) as stored:
                 return {name: stored[name] for name in stored.files}
@@ -470,6 +485,59 @@ class Runner:
         resamples = int(self.profile["evaluation"].get("bootstrap_resamples", 1000))
         count = len(predictions["image_ids"])
         return {"statistic": name, **bootstrap_interval(statistic, count, resamples=resamples, seed=0).as_dict(0.95)}
+
+
+def _log_validation_curves(log_dir: Path, selection: dict) -> None:
+    """A cell's validation curve(s) as TensorBoard events (``tensorboard --logdir OUT`` shows them
+    beside the pretraining curves): fine-tune and segmentation per evaluation step, the frozen
+    probe per epoch for each learning rate of its grid."""
+    curves = {"": selection.get("curve")} if selection.get("curve") else {f"/lr={rate}": curve for rate, curve in (selection.get("curves") or {}).items()}
+    if not any(curves.values()):
+        return
+    from torch.utils.tensorboard import SummaryWriter
+
+    shutil.rmtree(log_dir, ignore_errors=True)  # a re-evaluated cell replaces its curves
+    with SummaryWriter(str(log_dir)) as writer:
+        for suffix, curve in curves.items():
+            for step, score in curve:
+                writer.add_scalar(f"validation/{selection.get('val_metric', 'score')}{suffix}", score, int(step))
+
+
+class _ProgressClock:
+    """Cell k of N and an estimate of the time left, from the cells and pretrainings timed so far."""
+
+    def __init__(self, cells: int, pretrainings_left: int):
+        self.cells, self.done, self.pretrainings_left = cells, 0, pretrainings_left
+        self.cell_seconds: list[float] = []
+        self.pretraining_seconds: list[float] = []
+
+    def pretrained(self, seconds: float) -> None:
+        self.pretraining_seconds.append(seconds)
+        self.pretrainings_left = max(0, self.pretrainings_left - 1)
+
+    def cell_done(self, seconds: float | None) -> None:
+        self.done += 1
+        if seconds is not None:
+            self.cell_seconds.append(seconds)
+
+    def position(self) -> str:
+        left = self.cells - self.done
+        if not self.cell_seconds:
+            return f"[{self.done + 1}/{self.cells}] "
+        estimate = left * float(np.mean(self.cell_seconds))
+        pretraining = ""
+        if self.pretrainings_left:
+            if self.pretraining_seconds:
+                estimate += self.pretrainings_left * float(np.mean(self.pretraining_seconds))
+            else:
+                pretraining = f" + {self.pretrainings_left} pretraining(s)"
+        return f"[{self.done + 1}/{self.cells}, ~{_duration(estimate)}{pretraining} left] "
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
 def _differences(stored, current, prefix: str = ""):

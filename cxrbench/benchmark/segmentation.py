@@ -85,7 +85,7 @@ class SegmentationProtocol:
         model.train()
         for step in tqdm(range(1, total_steps + 1), desc="segmentation", unit="step", leave=False, disable=None):
             chunk = next(batches)
-            views = geometric(pairs[chunk].to(device), recipe, size, generator if device.type == "cpu" else None)
+            views = geometric(pairs[chunk].to(device), recipe, size, generator)  # drawn on the CPU: the same views on any device
             images, masks = views[:, :1], (views[:, 1:] > 0.5).float()
             logits = model(to_model_input(images))
             loss = F.binary_cross_entropy_with_logits(logits, masks) + dice_loss(logits, masks)

@@ -52,6 +52,8 @@ class PhantomSource:
     def _generate(self, directory: Path, size: int, num_patients: int, seed: int) -> None:
         site = self.site
         rows, boxes, images, masks = [], [], [], []
+        # one line even where the bar is off (not a terminal: a log file, a SLURM job)
+        tqdm.write(f"generating the {self.name} phantom ({num_patients} patients, {size} px) into {directory} (once; cached)")
         with tqdm(total=num_patients, desc=f"generating {self.name} ({size}px)", unit="patient", leave=False, disable=None) as bar:
             for patient_id, image_index, image in phantom.generate_site(site, num_patients, size, seed, bar.update):
                 image_id = f"{patient_id}_{image_index:03d}"

@@ -40,6 +40,32 @@ class ViewRecipe:
     rotation_degrees: float = 0.0  # uniform in [-d, d], corners filled with black (PCRLv2)
 
 
+def _on(values: torch.Tensor, device) -> torch.Tensor:
+    return values.to(device, non_blocking=True) if values.device != torch.device(device) else values
+
+
+def draw_rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Uniform [0, 1) numbers drawn on the generator's device and moved to ``device``.
+
+    Views made on a GPU from a batch there then take their random parameters from the same
+    CPU generator, in the same order, as views made on the CPU: the two paths give the same
+    views (up to floating-point differences), and a run's views depend on its seed alone.
+    Without a generator the draws are made on ``device`` from its global generator.
+    """
+    source = generator.device if generator is not None else device
+    return _on(torch.rand(shape, device=source, generator=generator), device)
+
+
+def draw_uniform(shape, low: float, high: float, generator: torch.Generator | None, device) -> torch.Tensor:
+    source = generator.device if generator is not None else device
+    return _on(torch.empty(shape, device=source).uniform_(low, high, generator=generator), device)
+
+
+def draw_randint(high: int, shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    source = generator.device if generator is not None else device
+    return _on(torch.randint(0, high, shape, device=source, generator=generator), device)
+
+
 def random_crop_boxes(batch: int, size: int, scale, ratio, generator, device) -> torch.Tensor:
     """RandomResizedCrop boxes (x0, y0, x1, y1) in pixels, one per image.
 
@@ -47,13 +73,13 @@ def random_crop_boxes(batch: int, size: int, scale, ratio, generator, device) ->
     (torchvision retries ten times and then falls back to a centre crop; shrinking keeps
     the draw vectorised and only affects extreme aspect ratios).
     """
-    area = torch.empty(batch, device=device).uniform_(scale[0], scale[1], generator=generator) * size * size
-    log_ratio = torch.empty(batch, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    area = draw_uniform(batch, scale[0], scale[1], generator, device) * size * size
+    log_ratio = draw_uniform(batch, math.log(ratio[0]), math.log(ratio[1]), generator, device)
     aspect = torch.exp(log_ratio)
     width = torch.sqrt(area * aspect).clamp(max=size)
     height = torch.sqrt(area / aspect).clamp(max=size)
-    x0 = torch.rand(batch, device=device, generator=generator) * (size - width)
-    y0 = torch.rand(batch, device=device, generator=generator) * (size - height)
+    x0 = draw_rand(batch, generator, device) * (size - width)
+    y0 = draw_rand(batch, generator, device) * (size - height)
     return torch.stack([x0, y0, x0 + width, y0 + height], dim=1)
 
 
@@ -92,9 +118,9 @@ def geometric(images: torch.Tensor, recipe: ViewRecipe, output_size: int, genera
     rois = torch.cat([torch.arange(batch, device=device, dtype=boxes.dtype)[:, None], boxes], dim=1)
     views = roi_align(images, rois, output_size=output_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
     if recipe.rotation_degrees > 0:
-        angles = (torch.rand(batch, device=device, generator=generator) * 2 - 1) * recipe.rotation_degrees
+        angles = (draw_rand(batch, generator, device) * 2 - 1) * recipe.rotation_degrees
         views = rotate(views, angles)
-    flip = (torch.rand(batch, device=device, generator=generator) < recipe.flip_probability).view(batch, 1, 1, 1)
+    flip = (draw_rand(batch, generator, device) < recipe.flip_probability).view(batch, 1, 1, 1)
     return torch.where(flip, views.flip(-1), views)
 
 
@@ -104,18 +130,18 @@ def appearance(views: torch.Tensor, recipe: ViewRecipe, generator: torch.Generat
     device = views.device
 
     def coin(probability: float) -> torch.Tensor:
-        return (torch.rand(batch, device=device, generator=generator) < probability).view(batch, 1, 1, 1)
+        return (draw_rand(batch, generator, device) < probability).view(batch, 1, 1, 1)
 
     jitter = coin(recipe.jitter_probability)
-    brightness = 1 + (torch.rand(batch, 1, 1, 1, device=device, generator=generator) * 2 - 1) * recipe.brightness
-    contrast = 1 + (torch.rand(batch, 1, 1, 1, device=device, generator=generator) * 2 - 1) * recipe.contrast
+    brightness = 1 + (draw_rand((batch, 1, 1, 1), generator, device) * 2 - 1) * recipe.brightness
+    contrast = 1 + (draw_rand((batch, 1, 1, 1), generator, device) * 2 - 1) * recipe.contrast
     mean = views.mean(dim=(2, 3), keepdim=True)
     jittered = ((views * brightness - mean * brightness) * contrast + mean * brightness).clamp(0, 1)
     views = torch.where(jitter, jittered, views)
 
     if recipe.blur_probability > 0:
         low, high = recipe.blur_sigma
-        sigma = torch.empty(batch, device=device).uniform_(low, high, generator=generator) * output_size / 224
+        sigma = draw_uniform(batch, low, high, generator, device) * output_size / 224
         blurred = gaussian_blur(views, sigma.clamp(min=1e-3))
         views = torch.where(coin(recipe.blur_probability), blurred, views)
 

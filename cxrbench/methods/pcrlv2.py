@@ -80,7 +80,7 @@ import torch.nn.functional as F
 from lightly.loss import NegativeCosineSimilarity
 from torch import nn
 
-from cxrbench.methods.augment import ViewRecipe, appearance, geometric
+from cxrbench.methods.augment import ViewRecipe, appearance, draw_randint, geometric
 from cxrbench.methods.backbone import dense_features, to_model_input
 from cxrbench.methods.base import Method
 from cxrbench.methods.registry import register_method
@@ -179,8 +179,8 @@ def cutout_keep_mask(images: torch.Tensor, holes: int, length: int, generator=No
     cols = torch.arange(width, device=images.device).view(1, 1, 1, width)
     keep = torch.ones(batch, 1, height, width, dtype=torch.bool, device=images.device)
     for _ in range(holes):
-        cy = torch.randint(0, height, (batch, 1, 1, 1), device=images.device, generator=generator)
-        cx = torch.randint(0, width, (batch, 1, 1, 1), device=images.device, generator=generator)
+        cy = draw_randint(height, (batch, 1, 1, 1), generator, images.device)
+        cx = draw_randint(width, (batch, 1, 1, 1), generator, images.device)
         inside = ((rows - cy).abs() * 2 < length) & ((cols - cx).abs() * 2 < length)
         keep &= ~inside
     return keep.to(images.dtype)

@@ -192,7 +192,7 @@ def test_cell_jobs_share_the_frozen_features_through_the_output_directory(tmp_pa
     first = Runner(smoke_profile, tmp_path, torch.device("cpu"), echo=lambda _: None, persist_shared=True)
     first.run([Cell("sup1", "phantom-nih", "frozen", 100.0, 0)])
     stored = list((tmp_path / "shared").glob("*.npz"))
-    assert [path.name for path in stored] == ["sup1__init-seed0__phantom-nih__frozen.npz"]
+    assert [path.name for path in stored] == ["sup1__init-seed0__phantom-nih__frozen-bn-train.npz"]  # the protocol version in the name
     features = np.load(stored[0])["features"]
     assert features.shape == (len(first.dataset("phantom-nih").images), 512)
 

@@ -487,6 +487,14 @@ def command_speed(args) -> int:
     _check_choices("profile", [args.profile], available_profiles())
     profile = load_profile(args.profile)
     device = str(_device(args.device))
+    on_gpu = device.startswith("cuda")
+    import torch
+
+    # on a GPU the throughput worth knowing is the one a user would run: bf16 and channels-last
+    precision = args.precision if args.precision != "auto" else (
+        "bf16" if on_gpu and torch.cuda.is_bf16_supported() else profile["pretrain"].get("precision", "fp32"))
+    channels_last = {"auto": on_gpu or bool(profile["pretrain"].get("channels_last")), "on": True, "off": False}[args.channels_last]
+    profile["pretrain"].update(precision=precision, channels_last=channels_last)
     report = {"machine": speed.machine()}
     print("bench speed: Sinkhorn solver against POT ot.solve_batch ...", flush=True)
     report["sinkhorn"] = speed.sinkhorn_benchmark(batch=args.batch_size, iterations=args.iterations)
@@ -496,7 +504,8 @@ def command_speed(args) -> int:
     report["frozen_cache"] = speed.frozen_cache_benchmark(profile, device=device)
     if not args.skip_step:
         print(f"bench speed: pretraining steps of every method at {profile['data']['image_size']} px, batch "
-              f"{profile['pretrain']['batch_size']} ({args.profile} profile) ...", flush=True)
+              f"{profile['pretrain']['batch_size']}, {precision}{', channels-last' if channels_last else ''} "
+              f"({args.profile} profile), and each method's model-only bound ...", flush=True)
         report["pretraining"] = speed.pretraining_benchmark(profile, device=device)
     atomic_write_json(out, report)
     print(tabulate(_speed_rows(report), headers=["measure", "value"], tablefmt="simple"))
@@ -560,8 +569,10 @@ def _speed_rows(report: dict) -> list[tuple[str, str]]:
         rows += [(f"{section}.{key}", shown(value)) for key, value in report.get(section, {}).items()]
     pretraining = report.get("pretraining")
     if pretraining:
-        rows += [(f"pretraining.{name}.images_per_second", shown(timing["images_per_second"]))
-                 for name, timing in pretraining["methods"].items()]
+        for name, timing in pretraining["methods"].items():
+            rows += [(f"pretraining.{name}.images_per_second", shown(timing["images_per_second"])),
+                     (f"pretraining.{name}.model_only_images_per_second", shown(timing["model_only_images_per_second"])),
+                     (f"pretraining.{name}.data_path_ratio", shown(timing["data_path_ratio"]))]
         rows += [(f"pretraining.{key}", shown(value)) for key, value in pretraining.items() if key != "methods"]
     return rows
 
@@ -696,6 +707,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "pretraining and frozen benchmarks; default: quick")
     bench_speed.add_argument("--skip-step", action="store_true", help="leave out the per-method pretraining steps")
     bench_speed.add_argument("--device", default="auto", help="device of the training steps: auto, cpu, cuda")
+    bench_speed.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                             help="autocast of the pretraining steps; default auto: bf16 on a GPU that has it, else the profile's")
+    bench_speed.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
+                             help="NHWC layout of the pretraining steps; default auto: on for a GPU, else the profile's")
     bench_speed.set_defaults(handler=command_speed)
 
     status = commands.add_parser(

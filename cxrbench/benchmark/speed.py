@@ -72,37 +72,64 @@ def sinkhorn_benchmark(batch: int = 64, dim: int = 512, epsilon: float = 0.05, i
 
 
 def pretraining_benchmark(profile: dict, repeats: int = 2, device: str = "cpu", methods: list[str] | None = None) -> dict:
-    """Pretraining images/second of every method at the profile's image size and batch.
+    """Pretraining images/second of every method at the profile's image size and batch, and its bound.
 
-    One step is what the pretraining loop does: views of a uint8 batch, forward, backward,
-    optimiser step and the method's after-step hook (momentum update), through the same
-    ``StepRunner`` with the profile's precision and layout. Best of ``repeats`` after one
-    warm-up step.
+    ``step_seconds``: one step as the pretraining loop runs it: a uint8 batch taken from the
+    prepared array in host memory (pinned and copied to the device, as the loop does), views
+    made on the profile's ``augment_on`` device, forward, backward, optimiser step and the
+    after-step hook (momentum update), through the same ``StepRunner`` with the profile's
+    precision and layout. ``model_only_seconds``: the same training step on views already on
+    the device (no loading, no augmentation), the bound the data path is compared with:
+    ``data_path_ratio`` = model-only / full (1.0: the data path costs nothing). Best of
+    ``repeats`` after one warm-up step each.
     """
     from cxrbench.benchmark.pretrain import StepRunner, TrainingOptions
     from cxrbench.benchmark.runner import method_hyperparameters
     from cxrbench.methods import available_methods, get_method
 
     settings = profile["pretrain"]
+    options = TrainingOptions.from_settings(settings)
     batch, size = int(settings["batch_size"]), int(profile["data"]["image_size"])
     names = methods or [name for name in available_methods() if get_method(name).pretrains and get_method(name).listed_in_all]
-    images = torch.randint(0, 256, (batch, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(device)
+    torch_device = torch.device(device)
+    host_images = torch.randint(0, 256, (4 * batch, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    views_on = torch_device if options.augment_on == "device" else torch.device("cpu")
     results: dict = {"profile": profile["name"], "image_size": size, "batch": batch, "device": device,
-                     "precision": settings.get("precision", "fp32"), "methods": {}}
+                     "precision": options.precision, "channels_last": options.channels_last,
+                     "augment_on": options.augment_on, "methods": {}}
+
+    def synchronise():
+        if torch_device.type == "cuda":
+            torch.cuda.synchronize(torch_device)
+
     for name in names:
         torch.manual_seed(0)
         method = get_method(name)(method_hyperparameters(profile, name)).train()
-        step_runner = StepRunner(method, torch.device(device), TrainingOptions.from_settings(settings))
+        step_runner = StepRunner(method, torch_device, options)
         optimizer = method.build_optimizer(batch)
+        generator = torch.Generator().manual_seed(0)
+        order = torch.randperm(len(host_images), generator=generator)[:batch]
 
-        def step():
-            step_runner(method.make_views(images), optimizer, 0, progress=0.5)
-            if device != "cpu":
-                torch.cuda.synchronize()
+        def full_step():
+            chunk = host_images[order]
+            if views_on.type == "cuda":
+                chunk = chunk.pin_memory().to(views_on, non_blocking=True)
+            views = [view.to(torch_device, non_blocking=True) for view in method.make_views(chunk, generator=generator)]
+            step_runner(views, optimizer, 0, progress=0.5)
+            synchronise()
 
-        step()  # warm-up
-        seconds = _best_of(step, repeats)
-        results["methods"][name] = {"step_seconds": seconds, "images_per_second": batch / seconds}
+        ready = [view.to(torch_device) for view in method.make_views(host_images[order].to(views_on), generator=generator)]
+
+        def model_step():
+            step_runner(ready, optimizer, 0, progress=0.5)
+            synchronise()
+
+        full_step(), model_step()  # warm-up
+        seconds = _best_of(full_step, repeats)
+        model_seconds = _best_of(model_step, repeats)
+        results["methods"][name] = {"step_seconds": seconds, "images_per_second": batch / seconds,
+                                    "model_only_seconds": model_seconds, "model_only_images_per_second": batch / model_seconds,
+                                    "data_path_ratio": model_seconds / seconds}
     timed = results["methods"]
     if "optiml" in timed and "vicreg" in timed:
         results["optiml_over_vicreg"] = timed["optiml"]["step_seconds"] / timed["vicreg"]["step_seconds"]

@@ -50,6 +50,9 @@ Deviations and why
   back; the queue takes the keys of all processes (no deviation there).
 * Grey radiographs: saturation, hue and random greyscale dropped; brightness/contrast kept.
 * lr follows the official linear scaling (0.03 per 256).
+* ``standard`` profile (a 13-epoch schedule on the 64 px phantom): ``base_lr`` 0.3 (solo-learn's
+  CIFAR MoCo v2+ value; the official 0.03 per 256 is 0.0075 at batch 64), ``queue_size`` 4,096 keys
+  (about one epoch of the 3,800 training images) and key-encoder ``momentum`` 0.99.
 """
 
 from __future__ import annotations

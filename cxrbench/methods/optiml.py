@@ -80,6 +80,11 @@ unroll``) are not implemented yet.
 Profiles: ``expander_dim`` (smoke) narrows the expander so that the smoke profile, which
 only checks that the pipeline runs, stays within seconds; the warm-up is shortened by the
 short profiles.
+* ``standard`` profile (a 13-epoch schedule on the 64 px phantom): ``expander_dim`` 512 (the
+  variance-covariance term is VICReg's; see VICReg's record for why 2,048 collapses at batch
+  64), ``lars_eta`` 0.02 with ``base_lr`` 0.075 (the same per-step relative move lr x eta = 1.5e-3 as
+  VICReg's standard settings; the paper's 3e-4 x eta 1.0 is 3e-4), ``crop_scale`` 0.2-1, warm-up
+  1 epoch.
 """
 
 from __future__ import annotations

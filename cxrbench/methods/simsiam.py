@@ -44,6 +44,9 @@ Deviations and why
 * Grey radiographs: saturation, hue and greyscale dropped; brightness/contrast kept.
 * ``projection_dim`` and ``prediction_hidden_dim`` (smoke): narrower heads, so that the smoke
   profile, which only checks that the pipeline runs, stays within seconds.
+* ``standard`` profile (a 13-epoch schedule on the 64 px phantom): ``base_lr`` 0.5 and
+  ``weight_decay`` 1e-5 (solo-learn's CIFAR SimSiam recipe; the official 0.05 per 256 gives 0.0125 at
+  batch 64, too small to move the encoder in ~750 steps).
 """
 
 from __future__ import annotations

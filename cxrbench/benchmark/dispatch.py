@@ -15,6 +15,7 @@ and a pretraining that was cut off resumes from its last epoch checkpoint.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -247,6 +248,7 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
                     ready.extend(("cell", cell) for cell in waiting.pop(payload, []))
                 else:
                     result.written += int(outcome)
+                    echo(f"[{progress.n}/{progress.total} jobs] {_cell_line(runner, payload, job)}")
             for method in sorted(watched):
                 if _pretraining_holder(runner, method) is not None:
                     continue
@@ -320,6 +322,17 @@ def _pretraining_holder(runner: Runner, method: str) -> str | None:
     except OSError as error:
         return f"its lease could not be read: {error}"
     return holder.describe() if holder is not None else None
+
+
+def _cell_line(runner, cell, job) -> str:
+    """The finished cell's score, read from its record (the job's own line is in its log)."""
+    try:
+        record = json.loads(runner.cell_path(cell).read_text())
+        score = record["metrics"][record["headline_metric"]]
+        shown = f"{record['headline_metric']} {score:.4f}" if score is not None else f"{record['headline_metric']} undefined"
+        return f"{cell.record_name}: {shown} (job {job.job_id})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{cell.record_name}: done (job {job.job_id})"
 
 
 def _exception_line(error: Exception) -> str:

@@ -290,6 +290,8 @@ def pretrain(
     step_history = [entry for entry in (resumed or {}).get("step_history", []) if entry["step"] <= first_step]
     log_every = max(1, total_steps // STEP_HISTORY_POINTS)
     step_seconds: list[float] = []
+    epochs_total = math.ceil(total_steps / steps_per_epoch)
+    log_lines_every = max(1, epochs_total // 20)
     for step in range(first_step, total_steps):
         step_started = time.perf_counter()
         _fault_injection(step)
@@ -329,6 +331,12 @@ def pretrain(
             history.append({"epoch": len(history) + 1, "step": step + 1, "lr": peak_lrs[0] * factor}
                            | {key: float(np.mean(values)) for key, values in epoch_logs.items()})
             epoch_logs = {}
+            if bar.disable and world.is_main and (len(history) % log_lines_every == 0 or step + 1 == total_steps):
+                # no bar where output is not a terminal (a log file, a SLURM job): about 20 lines instead
+                seconds_per_step = float(np.mean(step_seconds[-steps_per_epoch:]))
+                tqdm.write(f"{description}: epoch {len(history)}/{epochs_total}, step {step + 1}/{total_steps}, "
+                           f"loss {history[-1].get('loss', float('nan')):.4f}, {seconds_per_step:.2f} s/step, "
+                           f"~{(total_steps - step - 1) * seconds_per_step / 60:.1f} min left")
             if checkpoint_dir is not None and step + 1 < total_steps:
                 # every rank's random state, so each continues its own stream of views
                 ranks = gather_objects({

@@ -74,6 +74,57 @@ def efficiency_rows(records: pd.DataFrame, protocol: str, metric: str) -> pd.Dat
     return records[(records["protocol"] == protocol) & ~is_variant].dropna(subset=[metric])
 
 
+def leaderboard_rows(table, cells_per_method: int) -> pd.DataFrame:
+    """Per row of a rendered table: the mean of its cells (x 100) and the mean of their 95 % interval
+    bounds, over the rows that have every column. Averaging the bounds is the interval of the mean if
+    the cells were perfectly correlated: wider than the true one (cells on other datasets are
+    independent), so a gap between two bands is a real difference and an overlap proves nothing."""
+    rows = []
+    for label in table.rows:
+        cells = [table.cells.get((label, column)) for column in table.columns]
+        if any(cell is None or cell.mean is None for cell in cells) or len(cells) != cells_per_method:
+            continue
+        lows = [cell.low for cell in cells]
+        highs = [cell.high for cell in cells]
+        rows.append({"label": label, "method": (table.methods or {}).get(label, label),
+                     "mean": float(np.mean([cell.mean for cell in cells])),
+                     "low": float(np.mean(lows)) if None not in lows else None,
+                     "high": float(np.mean(highs)) if None not in highs else None,
+                     "significant_cells": sum(cell.significant for cell in cells), "cells": len(cells),
+                     "baseline": (table.methods or {}).get(label) == table.baseline})
+    return pd.DataFrame(rows).sort_values("mean", ascending=False) if rows else pd.DataFrame()
+
+
+def leaderboard_figure(boards: dict[str, pd.DataFrame], stem: Path) -> list[Path]:
+    """One panel per protocol: each method's mean over the table's cells with its band, best on top,
+    the baseline row in grey with a dashed line through its mean."""
+    boards = {title: board for title, board in boards.items() if not board.empty}
+    if not boards:
+        return []
+    height = max(len(board) for board in boards.values()) * 0.32 + 1.2
+    figure, axes = plt.subplots(1, len(boards), figsize=(5.2 * len(boards), height), squeeze=False)
+    for axis, (title, board) in zip(axes[0], boards.items()):
+        board = board.iloc[::-1]  # best at the top
+        positions = np.arange(len(board))
+        colours = ["#888888" if baseline else "#2166ac" for baseline in board["baseline"]]
+        has_band = board["low"].notna() & board["high"].notna()
+        axis.hlines(positions[has_band.to_numpy()], board["low"][has_band], board["high"][has_band],
+                    color=[c for c, b in zip(colours, has_band) if b], linewidth=4, alpha=0.35)
+        axis.scatter(board["mean"], positions, color=colours, zorder=3, s=22)
+        for value in board.loc[board["baseline"], "mean"]:
+            axis.axvline(value, color="#888888", linestyle="--", linewidth=0.8)
+        axis.set_yticks(positions, [f"{label}  ({int(sig)}/{int(n)} ↑↓)" for label, sig, n
+                                    in zip(board["label"], board["significant_cells"], board["cells"])], fontsize=8)
+        axis.set_xlabel("mean over the table's cells (x 100)", fontsize=8)
+        axis.tick_params(axis="x", labelsize=8)
+        axis.set_title(title, fontsize=9, loc="left")
+        axis.grid(axis="x", alpha=0.3)
+    figure.suptitle("Who is ahead? Mean of each method's cells; band: mean of the cells' 95 % intervals (conservative); "
+                    "(k/n ↑↓): cells significantly different from the baseline (grey, dashed)", fontsize=8, y=1.0)
+    figure.tight_layout()
+    return _save(figure, stem)
+
+
 def label_efficiency_figure(records: pd.DataFrame, protocol: str, metric: str, what: str, stem: Path) -> list[Path]:
     """Score against label fraction per method, one panel per dataset; bars: std over seeds."""
     import seaborn as sns

@@ -37,6 +37,8 @@ from cxrbench.reports.tables import (
     printed_delta_disagreements,
     reference_records,
     render_latex,
+    render_html,
+    render_html_frame,
     render_markdown,
     side_by_side,
     summarise,
@@ -57,19 +59,22 @@ class _Page:
         self.title = title
         self.items: list[tuple[str, str, object]] = []
 
-    def table(self, title: str, markdown: str, files: list[Path]):
-        self.items.append(("table", title, (markdown, files)))
+    def table(self, title: str, markdown: str, files: list[Path], html_table: str = ""):
+        self.items.append(("table", title, (markdown, files, html_table)))
 
-    def figure(self, title: str, files: list[Path]):
+    def figure(self, title: str, files: list[Path], first: bool = False):
         if files:
-            self.items.append(("figure", title, files))
+            self.items.insert(0, ("figure", title, files)) if first else self.items.append(("figure", title, files))
 
     def note(self, text: str):
         self.items.append(("note", "Note", text))
 
-    def frame(self, title: str, frame: pd.DataFrame):
+    def frame(self, title: str, frame: pd.DataFrame, folded: bool = False):
         if not frame.empty:
-            self.items.append(("frame", title, frame))
+            self.items.append(("frame", title, (frame, folded)))
+
+    def link(self, title: str, text: str, path: Path):
+        self.items.append(("link", title, (text, path)))
 
 
 def _write_table(out_dir: Path, stem: str, markdown: str, latex: str, csv: pd.DataFrame) -> list[Path]:
@@ -161,6 +166,7 @@ def _render_report(results_dir: Path | None, out_dir: Path, *, reference: str | 
         known |= set(paper["method"]) if paper is not None else set()
         if baseline not in known:
             raise ReportError(f"--baseline {baseline}: no such method in these records (present: {', '.join(sorted(known))})")
+    boards: dict[str, pd.DataFrame] = {}
     for protocol, (stem, title, metric, what) in tables.items():
         if ours is not None and paper is not None and protocol in PAPER_TABLES:
             ours_tested = mark_significance(layout(summarise(ours, protocol, metric), baseline), ours, results_dir, protocol)
@@ -196,10 +202,18 @@ def _render_report(results_dir: Path | None, out_dir: Path, *, reference: str | 
             if footnotes:
                 caption += f" Deltas recomputed from the numbers; {len(footnotes)} printed delta(s) disagree, listed below."
             stem = f"{stem}_paper"
+        if ours is not None and paper is None:
+            boards[title] = figures.leaderboard_rows(table, len(table.columns))
         markdown = render_markdown(table.frame(), caption, footnotes)
         files = _write_table(out_dir, stem, markdown, render_latex(table, caption, f"tab:{stem}", footnotes), table.summary)
         written += files
-        page.table(title, markdown, files)
+        table_html = render_html(table, caption, stem) + "".join(f"<p class='footnote'>{html.escape(line)}</p>" for line in footnotes)
+        page.table(title, markdown, files, table_html)
+
+    chart = figures.leaderboard_figure(boards, out_dir / "leaderboard")
+    if chart:
+        written += chart
+        page.figure("Leaderboard: who is ahead, and is it real?", chart, first=True)
 
     ablation_sources = [(ours, "table3_ablation", ABLATION_CAPTION + profile_note(ours), results_dir)] if ours is not None else []
     if paper is not None:
@@ -213,7 +227,7 @@ def _render_report(results_dir: Path | None, out_dir: Path, *, reference: str | 
         latex = render_latex(ablation.set_index("Method").replace(r"\*\*", "", regex=True), caption, f"tab:{stem}")
         files = _write_table(out_dir, stem, markdown, latex, ablation)
         written += files
-        page.table("Table III: OPTiML ablation", markdown, files)
+        page.table("Table III: OPTiML ablation", markdown, files, render_html_frame(ablation, caption, stem))
 
     if ours is not None:
         for line in ours.attrs.get("skipped", []):
@@ -230,10 +244,14 @@ def _render_report(results_dir: Path | None, out_dir: Path, *, reference: str | 
         written += _figures(Path(results_dir), ours, out_dir, page, tables)
         tests_path = Path(results_dir) / "paired-tests.csv"
         if tests_path.is_file():
-            tests = pd.read_csv(tests_path)
-            page.frame("Paired bootstrap tests against the baseline row (difference of the headline score, 95 % interval, p-value)", tests)
+            # linked, not printed: each table above shows its tests (arrows, bold, hover text)
+            copied = out_dir / "paired-tests.csv"
+            atomic_write_bytes(copied, tests_path.read_bytes())
+            written.append(copied)
+            page.link("Paired tests", "Every paired test against the baseline row (difference, 95 % interval, exact and "
+                      "bootstrap p-values), one row per cell: ", copied)
         provenance = ours[["record_file", "method", "dataset", "protocol", "label_fraction", "seed", "config_sha1", "git_commit", "created"]]
-        page.frame("Provenance of every cell", provenance)
+        page.frame("Provenance of every cell", provenance, folded=True)
     if not written:
         raise ReportError(f"{results_dir}: records hold no finetune, frozen or segmentation results with a defined score")
     written += _write_pages(page, out_dir)
@@ -246,8 +264,8 @@ LEARNING_CAPTION = (
     "random initialisation (Holm over the protocol's cells at 5 %; with several seeds, every seed). The verdict is "
     "decided by the frozen cells (else the fine-tune ones): a method with no ✓ there did not learn here, on these "
     "data and this budget it is not distinguishable from a random network. The frozen "
-    "probe evaluates every encoder, Sup.1 included, with the BatchNorm statistics it has (a random network's are its "
-    "initial ones), as the linear-probe protocols of MoCo, SimCLR and VICReg do.")
+    "probe re-estimates every encoder's BatchNorm statistics on the dataset's training images first, Sup.1's included "
+    "(a random network's own are mean 0 / variance 1, which pass the raw intensity through; README: Protocols).")
 
 
 def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]:
@@ -275,7 +293,8 @@ def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]
         files = _write_table(out_dir, f"learning_check_{protocol}", markdown,
                              render_latex(frame.set_index("Method"), caption, f"tab:learning_check_{protocol}"),
                              part.drop(columns=["column", "text"]))
-        page.table(f"Learning check ({protocol}): does each method beat a random network?", markdown, files)
+        page.table(f"Learning check ({protocol}): does each method beat a random network?", markdown, files,
+                   render_html_frame(frame, caption, f"learning_check_{protocol}"))
         written += files
     return written
 
@@ -317,7 +336,7 @@ def _gradcam(results_dir, records, out_dir, page, tables) -> list[Path]:
                     "maximum lies in the box; mass: mean share of the heatmap inside the box).\n\n"
                     + tabulate(localisation.values.tolist(), headers=list(localisation.columns), tablefmt="pipe", floatfmt=".3f") + "\n")
         files = _write_table(out_dir, "localisation", markdown, render_latex(localisation.set_index("method"), "Grad-CAM localisation", "tab:localisation"), localisation)
-        page.table("Grad-CAM localisation scores", markdown, files)
+        page.table("Grad-CAM localisation scores", markdown, files, render_html_frame(localisation.round(3), "Grad-CAM localisation", "localisation"))
         written += files
     return written
 
@@ -336,33 +355,65 @@ def _pretraining(results_dir, records, out_dir, page, tables) -> list[Path]:
     return files
 
 
+PAGE_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1400px;margin:auto;padding:0 16px;color:#222}
+nav{columns:2;font-size:14px;background:#f6f6f6;padding:8px 16px;border-radius:4px}
+nav a{display:block;padding:1px 0}
+.scroll{overflow-x:auto;margin-bottom:6px}
+table.results,table.dataframe{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums}
+table.results caption{caption-side:top;text-align:left;font-size:13px;color:#444;padding:4px 0 8px;max-width:1300px}
+table.results th,table.results td,table.dataframe th,table.dataframe td{border-bottom:1px solid #ddd;padding:3px 8px;white-space:nowrap}
+table.results thead th,table.dataframe thead th{position:sticky;top:0;background:#fff;z-index:1}
+table.results td{text-align:center}
+img{max-width:100%;height:auto}
+.footnote{font-size:12px;color:#555}
+details{margin:8px 0}
+"""
+
+
+def _anchor(index: int, title: str) -> str:
+    return f"s{index}-" + "".join(ch if ch.isalnum() else "-" for ch in title.lower())[:40]
+
+
 def _write_pages(page: _Page, out_dir: Path) -> list[Path]:
     markdown = [f"# {page.title}\n"]
-    body = [f"<h1>{html.escape(page.title)}</h1>"]
-    for kind, title, payload in page.items:
+    anchors = [_anchor(index, title) for index, (_, title, _) in enumerate(page.items)]
+    contents = "".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, (kind, title, _) in zip(anchors, page.items)
+                       if kind != "note")
+    body = [f"<h1>{html.escape(page.title)}</h1>", f"<nav>{contents}</nav>"]
+    for anchor, (kind, title, payload) in zip(anchors, page.items):
         markdown.append(f"\n## {title}\n")
-        body.append(f"<h2>{html.escape(title)}</h2>")
+        heading = f'<h2 id="{anchor}">{html.escape(title)}</h2>'
         if kind == "table":
-            text, files = payload
+            text, files, table_html = payload
             markdown.append(text + "\nFiles: " + ", ".join(f"[{p.name}]({p.name})" for p in files) + "\n")
-            body.append(f"<pre>{html.escape(text)}</pre><p>" + ", ".join(f'<a href="{p.name}">{p.name}</a>' for p in files) + "</p>")
+            shown = f'<div class="scroll">{table_html}</div>' if table_html else f"<pre>{html.escape(text)}</pre>"
+            body.append(heading + shown + "<p>Files: " + ", ".join(f'<a href="{p.name}">{p.name}</a>' for p in files) + "</p>")
         elif kind == "figure":
             pngs = [p for p in payload if p.suffix == ".png"]
             markdown.append("".join(f"![{title}]({png.name})\n\n" for png in pngs)
                             + ", ".join(f"[{p.name}]({p.name})" for p in payload) + "\n")
+            body.append(heading)
             for png in pngs:
                 data = base64.b64encode(png.read_bytes()).decode()
-                body.append(f'<img alt="{html.escape(title)}" style="max-width:100%" src="data:image/png;base64,{data}">')
+                body.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">')
+            body.append("<p>Files: " + ", ".join(f'<a href="{p.name}">{p.name}</a>' for p in payload) + "</p>")
         elif kind == "note":
             markdown.append(payload + "\n")
             body.append(f"<p>{html.escape(payload)}</p>")
+        elif kind == "link":
+            text, path = payload
+            markdown.append(f"{text}[{path.name}]({path.name})\n")
+            body.append(heading + f'<p>{html.escape(text)}<a href="{path.name}">{path.name}</a></p>')
         else:
-            frame: pd.DataFrame = payload
+            frame, folded = payload
             markdown.append(tabulate(frame.values.tolist(), headers=list(frame.columns), tablefmt="pipe") + "\n")
-            body.append(frame.to_html(index=False, border=0))
+            table_html = f'<div class="scroll">{frame.to_html(index=False, border=0, escape=True)}</div>'
+            body.append(heading + (f"<details><summary>{len(frame)} rows</summary>{table_html}</details>" if folded else table_html))
     index_md, index_html = out_dir / "index.md", out_dir / "index.html"
     atomic_write_bytes(index_md, "\n".join(markdown).encode())
-    style = "body{font-family:sans-serif;max-width:1200px;margin:auto}pre{font-size:12px;overflow-x:auto}table{font-size:12px}"
-    atomic_write_bytes(index_html, (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(page.title)}</title>"
-                                    f"<style>{style}</style></head><body>" + "\n".join(body) + "</body></html>").encode())
+    atomic_write_bytes(index_html, (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+                                    f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+                                    f"<title>{html.escape(page.title)}</title><style>{PAGE_STYLE}</style></head><body>"
+                                    + "\n".join(body) + "</body></html>").encode())
     return [index_md, index_html]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,9 @@ def _record_row(path: Path, results_dir: Path) -> dict:
         "dice_per_image": scores["dice_per_image"],
         "headline_metric": headline,
         "headline_score": scores[headline],
+        # the cell's 95 % bootstrap interval of the headline score (for the page's hover text)
+        "interval_low": _interval_bound(record, "low"),
+        "interval_high": _interval_bound(record, "high"),
         "ablation": json.dumps(record.get("method_ablation")) if record.get("method_ablation") else None,
         "record_file": str(path.relative_to(Path(results_dir))),
         "predictions_file": record.get("predictions_file"),
@@ -122,6 +126,11 @@ def _record_row(path: Path, results_dir: Path) -> dict:
         "profile": ((record.get("config") or {}).get("profile") or {}).get("name"),
         "created": record.get("created"),
     }
+
+
+def _interval_bound(record: dict, side: str) -> float | None:
+    value = (record.get("bootstrap") or {}).get(side) if isinstance(record.get("bootstrap"), dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) else None
 
 
 def base_dataset(dataset: str) -> str:
@@ -151,8 +160,10 @@ class Cell:
     best: bool = False  # bold: the column's best, or not significantly below it
     significant: bool = False  # the delta passed the paired test (Holm over the table's cells)
     tested: bool = False  # a paired test was possible (predictions of both cells on the same images)
+    low: float | None = None  # x 100: the lowest bootstrap bound over the cell's seeds
+    high: float | None = None  # x 100: the highest
 
-    def text(self, latex: bool = False) -> str:
+    def text(self, latex: bool = False, markup: bool = True) -> str:
         if self.mean is None:
             return "–"
         text = f"{self.mean:.1f}"
@@ -165,9 +176,24 @@ class Cell:
             if latex:
                 arrow = {"↑": "$\\uparrow$", "↓": "$\\downarrow$"}.get(arrow, "")
             text += f" ({shown:+.1f}){arrow}"
-        if self.best:
+        if self.best and markup:
             text = f"\\textbf{{{text}}}" if latex else f"**{text}**"
         return text
+
+    def hover(self) -> str:
+        """What the page shows on hover: the interval and what the marks mean for this cell."""
+        if self.mean is None:
+            return "no record"
+        parts = [f"{self.mean:.1f}" + (f" ± {self.std:.1f} over {self.seeds} seeds" if self.seeds > 1 and self.std is not None
+                                       and np.isfinite(self.std) else "")]
+        if self.low is not None and self.high is not None:
+            parts.append(f"95 % bootstrap interval [{self.low:.1f}, {self.high:.1f}]" + (" (widest over the seeds)" if self.seeds > 1 else ""))
+        if self.delta is not None:
+            parts.append(f"{self.delta:+.1f} to the baseline row: " + ("significant (Holm, 5 %)" if self.significant
+                                                                       else "not significant" if self.tested else "not tested"))
+        if self.best:
+            parts.append("bold: the column's best or not significantly below it")
+        return "; ".join(parts)
 
 
 @dataclass
@@ -200,12 +226,18 @@ def summarise(records: pd.DataFrame, protocol: str, metric: str = "mean_auroc") 
     subset = records[(records["protocol"] == protocol) & ~is_variant].dropna(subset=[metric])
     if subset.empty:
         return pd.DataFrame(columns=["method", "display_name", "is_baseline", "dataset", "label_fraction", "mean", "std", "seeds"])
-    return (
-        subset.assign(score=subset[metric].astype(float) * 100)
-        .groupby(["method", "display_name", "is_baseline", "dataset", "label_fraction"])["score"]
-        .agg(mean="mean", std="std", seeds="count")
-        .reset_index()
-    )
+    keys = ["method", "display_name", "is_baseline", "dataset", "label_fraction"]
+    scored = subset.assign(score=subset[metric].astype(float) * 100)
+    summary = scored.groupby(keys)["score"].agg(mean="mean", std="std", seeds="count").reset_index()
+    headline = None
+    if "interval_low" in subset:
+        # the stored interval is of the headline score: used only where that is the table's metric
+        headline = scored if metric == "headline_score" else scored[scored["headline_metric"] == metric]
+    if headline is not None and not headline.empty:
+        bounds = (headline.assign(low=headline["interval_low"].astype(float) * 100, high=headline["interval_high"].astype(float) * 100)
+                  .groupby(keys).agg(low=("low", "min"), high=("high", "max")).reset_index())
+        summary = summary.merge(bounds, on=keys, how="left")
+    return summary
 
 
 def layout(summary: pd.DataFrame, baseline: str | None = None, *, bold: bool = True) -> Table:
@@ -232,8 +264,10 @@ def layout(summary: pd.DataFrame, baseline: str | None = None, *, bold: bool = T
                 continue
             reference = lookup.get((baseline,) + column) if baseline else None
             delta = round(entry.mean - reference.mean, 6) if reference is not None and method.method != baseline else None
+            bound = lambda name: float(getattr(entry, name)) if pd.notna(getattr(entry, name, None)) else None  # noqa: E731
             cells[(label, column)] = Cell(entry.mean, entry.std, int(entry.seeds), delta,
-                                          bold and len(methods) > 1 and bool(np.isclose(entry.mean, best[column])))
+                                          bold and len(methods) > 1 and bool(np.isclose(entry.mean, best[column])),
+                                          low=bound("low"), high=bound("high"))
     return Table(rows, columns, cells, baseline, summary, labels)
 
 
@@ -351,6 +385,45 @@ def render_markdown(table: pd.DataFrame, caption: str, footnotes: list[str] = ()
     if footnotes:
         text += "\n" + "\n".join(f"[{i}] {note}" for i, note in enumerate(footnotes, 1)) + "\n"
     return text
+
+
+def render_html(table: Table, caption: str, table_id: str) -> str:
+    """The table as an HTML ``<table>`` (pandas' Styler): the caption above, bold for the column's
+    best and its ties, the significance arrows, the delta to the baseline as a colour (blue above,
+    red below, strongest at the table's largest |delta|), and each cell's interval on hover."""
+    frame = pd.DataFrame({row: [table.cells.get((row, column), Cell()).text(markup=False) for column in table.columns]
+                          for row in table.rows}).T
+    frame.columns = pd.MultiIndex.from_tuples([(d, _fraction_label(f)) for d, f in table.columns], names=["dataset", "labels"])
+    frame.index.name = "Method"
+    cell = lambda row, position: table.cells.get((row, table.columns[position]), Cell())  # noqa: E731
+    deltas = [abs(c.delta) for c in table.cells.values() if c.delta is not None]
+    scale = max(deltas) if deltas else 1.0
+
+    def colour(delta: float | None) -> str:
+        if delta is None or scale == 0:
+            return ""
+        strength = min(1.0, abs(delta) / scale)
+        hue = (33, 102, 172) if delta > 0 else (178, 24, 43)  # RdBu's ends, readable with dark text at 45 %
+        return f"background-color: rgba({hue[0]}, {hue[1]}, {hue[2]}, {0.45 * strength:.2f});"
+
+    styles = pd.DataFrame([[colour(cell(row, i).delta) + ("font-weight: bold;" if cell(row, i).best else "")
+                            for i in range(len(table.columns))] for row in table.rows], index=frame.index, columns=frame.columns)
+    hovers = pd.DataFrame([[cell(row, i).hover() for i in range(len(table.columns))] for row in table.rows],
+                          index=frame.index, columns=frame.columns)
+    styler = (frame.style.format(escape="html").apply(lambda _: styles, axis=None).set_tooltips(hovers, props="visibility: hidden; position: absolute; "
+                                                                         "z-index: 2; background: #333; color: #fff; padding: 4px 6px; "
+                                                                         "border-radius: 3px; font-size: 11px; white-space: nowrap;")
+              .set_caption(html.escape(caption)).set_table_attributes('class="results"'))
+    return styler.to_html(table_uuid=table_id)
+
+
+def render_html_frame(frame: pd.DataFrame, caption: str, table_id: str) -> str:
+    """A plain frame (Table III, the learning check) as an HTML table: ``**x**`` becomes bold."""
+    bold = frame.map(lambda value: isinstance(value, str) and value.startswith("**") and value.endswith("**"))
+    shown = frame.map(lambda value: value[2:-2] if isinstance(value, str) and value.startswith("**") and value.endswith("**") else value)
+    styler = (shown.style.format(escape="html").apply(lambda _: bold.map(lambda b: "font-weight: bold;" if b else ""), axis=None)
+              .set_caption(html.escape(caption)).set_table_attributes('class="results"').hide(axis="index"))
+    return styler.to_html(table_uuid=table_id)
 
 
 def _latex_escape(text: str) -> str:

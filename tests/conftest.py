@@ -32,16 +32,40 @@ def smoke_nih(smoke_profile, phantom_cache):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs CUDA; deselected (and counted as such in the summary) without it")
+    config.addinivalue_line("markers", "browser: needs Chromium and Playwright; deselected with a line saying so without them")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` run where CUDA is present and are deselected elsewhere, so the
-    summary line says how many did not run ("N deselected") instead of counting them as passed."""
+    """Tests marked ``gpu`` run where CUDA is present, ``browser`` where Chromium and Playwright
+    are; elsewhere they are deselected, so the summary line says how many did not run ("N
+    deselected", with a line each saying why) instead of counting them as passed."""
     import torch
 
-    if torch.cuda.is_available():
-        return
-    gpu = [item for item in items if item.get_closest_marker("gpu")]
-    if gpu:
-        config.hook.pytest_deselected(items=gpu)
-        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+    reasons = {"gpu": None if torch.cuda.is_available() else "CUDA is not available", "browser": _browser_missing()}
+    for marker, reason in reasons.items():
+        if reason is None:
+            continue
+        chosen = [item for item in items if item.get_closest_marker(marker)]
+        if chosen:
+            config.hook.pytest_deselected(items=chosen)
+            items[:] = [item for item in items if not item.get_closest_marker(marker)]
+            _DESELECTED_WHY.append(f"{len(chosen)} {marker} test(s) deselected: {reason}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _DESELECTED_WHY:
+        terminalreporter.write_line(line)
+
+
+_DESELECTED_WHY: list[str] = []
+
+
+def _browser_missing() -> str | None:
+    import importlib.util
+    import shutil
+
+    if shutil.which("chromium") is None:
+        return "no chromium on PATH (Debian: apt-get install chromium)"
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed (pip install -e '.[test]')"
+    return None

@@ -410,7 +410,8 @@ def render_html(table: Table, caption: str, table_id: str) -> str:
                             for i in range(len(table.columns))] for row in table.rows], index=frame.index, columns=frame.columns)
     hovers = pd.DataFrame([[cell(row, i).hover() for i in range(len(table.columns))] for row in table.rows],
                           index=frame.index, columns=frame.columns)
-    styler = (frame.style.format(escape="html").apply(lambda _: styles, axis=None).set_tooltips(hovers, props="visibility: hidden; position: absolute; "
+    styler = (frame.style.format(escape="html").format_index(escape="html", axis=0).format_index(escape="html", axis=1)
+              .apply(lambda _: styles, axis=None).set_tooltips(hovers, props="visibility: hidden; position: absolute; "
                                                                          "z-index: 2; background: #333; color: #fff; padding: 4px 6px; "
                                                                          "border-radius: 3px; font-size: 11px; white-space: nowrap;")
               .set_caption(html.escape(caption)).set_table_attributes('class="results"'))
@@ -421,7 +422,7 @@ def render_html_frame(frame: pd.DataFrame, caption: str, table_id: str) -> str:
     """A plain frame (Table III, the learning check) as an HTML table: ``**x**`` becomes bold."""
     bold = frame.map(lambda value: isinstance(value, str) and value.startswith("**") and value.endswith("**"))
     shown = frame.map(lambda value: value[2:-2] if isinstance(value, str) and value.startswith("**") and value.endswith("**") else value)
-    styler = (shown.style.format(escape="html").apply(lambda _: bold.map(lambda b: "font-weight: bold;" if b else ""), axis=None)
+    styler = (shown.style.format(escape="html").format_index(escape="html", axis=1).apply(lambda _: bold.map(lambda b: "font-weight: bold;" if b else ""), axis=None)
               .set_caption(html.escape(caption)).set_table_attributes('class="results"').hide(axis="index"))
     return styler.to_html(table_uuid=table_id)
 

@@ -32,6 +32,7 @@ def smoke_nih(smoke_profile, phantom_cache):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs CUDA; deselected (and counted as such in the summary) without it")
+    config.addinivalue_line("markers", "multigpu: needs two GPUs; deselected with a line saying so otherwise")
     config.addinivalue_line("markers", "browser: needs Chromium and Playwright; deselected with a line saying so without them")
 
 
@@ -41,7 +42,10 @@ def pytest_collection_modifyitems(config, items):
     deselected", with a line each saying why) instead of counting them as passed."""
     import torch
 
-    reasons = {"gpu": None if torch.cuda.is_available() else "CUDA is not available", "browser": _browser_missing()}
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    reasons = {"gpu": None if gpus else "CUDA is not available",
+               "multigpu": None if gpus >= 2 else f"{gpus} GPU(s), the test needs 2",
+               "browser": _browser_missing()}
     for marker, reason in reasons.items():
         if reason is None:
             continue

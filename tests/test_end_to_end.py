@@ -155,8 +155,11 @@ def test_the_report_of_a_smoke_run_has_every_table_and_figure(tmp_path):
     assert len(records) == 4 and all(r["metrics"]["localisation"]["num_heatmaps"] > 0 for r in records)
     assert all(0 <= r["metrics"]["localisation"]["pointing_game"] <= 1 for r in records)
     page = (report / "index.html").read_text()
-    assert page.count("data:image/png;base64") >= 7 and "Provenance of every cell" in page and "paired-tests" not in page
-    assert "Paired bootstrap tests" in (report / "index.md").read_text()
+    assert page.count("data:image/png;base64") >= 8 and "Provenance of every cell" in page  # the leaderboard chart too
+    # the paired tests are linked (a copy beside the page), not printed row by row
+    assert 'href="paired-tests.csv"' in page and (report / "paired-tests.csv").is_file() and "bootstrap_p_value" not in page
+    assert "[paired-tests.csv](paired-tests.csv)" in (report / "index.md").read_text()
+    assert "<pre>" not in page and page.count('<table id="T_') >= 5  # HTML tables, not Markdown in a block
     assert "± " in (report / "table1_finetune.md").read_text()  # two seeds: mean ± std
 
 

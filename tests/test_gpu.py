@@ -82,3 +82,23 @@ def test_sinkhorn_on_cuda_matches_pot():
     plan, *_ = sinkhorn_solve(M.to(CUDA), a.to(CUDA), b.to(CUDA), epsilon=0.05, max_iter=5000, tol=1e-12)
     reference = ot.solve_batch(M.numpy(), reg=0.05, a=a.numpy(), b=b.numpy(), max_iter=20000, tol=1e-13, reg_type="entropy")
     np.testing.assert_allclose(plan.cpu().numpy(), reference.plan, atol=1e-9)
+
+
+@pytest.mark.multigpu
+def test_torchrun_on_two_gpus_pretrains_with_sync_batchnorm_over_nccl(tmp_path):
+    """Two ranks over NCCL with BatchNorm synchronised: one pretraining record of 2 processes,
+    and the cells written once (rank 0), as the gloo test on the CPU checks."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cxrbench", "run",
+               "--methods", "mocov2", "--protocol", "frozen", "--profile", "smoke", "--datasets", "phantom-nih",
+               "--fractions", "10,100", "--sync-batchnorm", "--precision", "bf16", "--device", "cuda", "--out", str(out)]
+    result = subprocess.run(command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:]
+    record = json.loads((out / "pretrain" / "mocov2__phantom-nih" / "record.json").read_text())
+    assert record["processes"] == 2 and record["pretrain_settings"]["sync_batchnorm"] is True
+    assert len(list((out / "cells").glob("*.json"))) == 2

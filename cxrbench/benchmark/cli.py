@@ -730,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "profile's image size under each precision the device supports, with channels-last and views made "
                     "on the device; a frozen and a fine-tune cell written through the runner; one step of a one-process "
                     "DistributedDataParallel group (gloo on CPU, NCCL on CUDA). Exit code 0 only if every check passed. "
-                    "About 2 minutes on 2 CPU cores with the quick profile.")
+                    "A few minutes on 2 CPU cores with the quick profile (24 checks).")
     doctor.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N; default: auto")
     doctor.add_argument("--profile", default="quick", help="whose image size the steps use; default: quick")
     doctor.add_argument("--methods", default="all", help="comma-separated methods whose pretraining step to check; "

@@ -331,8 +331,9 @@ def pretrain(
             history.append({"epoch": len(history) + 1, "step": step + 1, "lr": peak_lrs[0] * factor}
                            | {key: float(np.mean(values)) for key, values in epoch_logs.items()})
             epoch_logs = {}
-            if bar.disable and world.is_main and (len(history) % log_lines_every == 0 or step + 1 == total_steps):
+            if bar.disable and world.is_main and epochs_total > 1 and (len(history) % log_lines_every == 0 or step + 1 == total_steps):
                 # no bar where output is not a terminal (a log file, a SLURM job): about 20 lines instead
+                # (none for a run of one epoch: the checks and tests that run one would only be noisier)
                 seconds_per_step = float(np.mean(step_seconds[-steps_per_epoch:]))
                 tqdm.write(f"{description}: epoch {len(history)}/{epochs_total}, step {step + 1}/{total_steps}, "
                            f"loss {history[-1].get('loss', float('nan')):.4f}, {seconds_per_step:.2f} s/step, "

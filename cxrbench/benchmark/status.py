@@ -135,9 +135,10 @@ def describe(status: GridStatus) -> list[str]:
         lines.append(f"  running: {name} ({holder})")
     if status.damaged:
         lines.append(f"  damaged: {_names(status.damaged)}")
+    not_started = [name for name in status.to_pretrain if name not in status.interrupted and name not in status.pretraining]
     lines.append(f"pretraining: {len(status.pretrained)} stored ({_names(status.pretrained)}), {len(status.pretraining)} running, "
-                 f"{len(status.interrupted)} interrupted (resume with the same bench run), {len(status.to_pretrain)} to do"
-                 + (f" ({_names(status.to_pretrain)})" if status.to_pretrain else ""))
+                 f"{len(status.interrupted)} interrupted (resume with the same bench run), {len(not_started)} not started"
+                 + (f" ({_names(not_started)})" if not_started else ""))
     for method, holder in status.pretraining.items():
         lines.append(f"  pretraining: {method} ({holder})")
     if status.interrupted:

@@ -515,10 +515,9 @@ class _ProgressClock:
         self.pretraining_seconds.append(seconds)
         self.pretrainings_left = max(0, self.pretrainings_left - 1)
 
-    def cell_done(self, seconds: float | None) -> None:
+    def cell_done(self, seconds: float) -> None:
         self.done += 1
-        if seconds is not None:
-            self.cell_seconds.append(seconds)
+        self.cell_seconds.append(seconds)
 
     def position(self) -> str:
         left = self.cells - self.done

@@ -65,9 +65,9 @@ def test_table_three_lists_the_ablation_switches_with_the_full_method_last(tmp_p
     lines = (tmp_path / "out" / "table3_ablation.md").read_text().splitlines()
     rows = [line for line in lines if line.startswith("|") and "optiml" in line]
     assert rows[-1].split("|")[1].strip() == "optiml"
-    assert "✓" in rows[-1] and "**0.660**" in rows[-1] and "**0.750**" in rows[-1]
+    assert "✓" in rows[-1] and "**66.0**" in rows[-1] and "**75.0**" in rows[-1]  # x 100, as Tables I and II
     ot_only = next(row for row in rows if "optiml-ot-only" in row)
-    assert ot_only.count("✗") == 2 and "0.610" in ot_only
+    assert ot_only.count("✗") == 2 and "61.0" in ot_only
 
 
 def test_columns_follow_the_paper_and_ablation_variants_stay_out_of_table_one(tmp_path):
@@ -129,7 +129,7 @@ def test_paper_tables_recompute_deltas_bold_the_best_and_footnote_every_disagree
     latex = (tmp_path / "table1_finetune_paper.tex").read_text()
     assert "\\toprule" in latex and "\\textbf{68.8 (+1.0)}" in latex and "1\\%" in latex
     ablation = (tmp_path / "table3_ablation_paper.md").read_text()
-    assert "**0.685**" in ablation and "**0.776**" in ablation
+    assert "**68.5**" in ablation and "**77.6**" in ablation  # x 100, as Tables I and II
     assert {p.name for p in written} >= {"index.md", "index.html", "table2_frozen_paper.csv", "table3_ablation_paper.tex"}
 
 
@@ -180,3 +180,43 @@ def test_a_reference_that_is_no_csv_is_one_line(capsys):
     assert main(["report", "--reference", "/etc/passwd", "--out", "/tmp/never-written-report"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "/etc/passwd" in lines[0]
+
+
+def test_curves_are_drawn_per_step_and_per_evaluation_from_the_records(tmp_path):
+    """The pretraining figure reads each step's loss (not one point per epoch), the validation-curve
+    figure every evaluation of a fine-tune cell; both come from the records alone."""
+    from matplotlib.axes import Axes
+
+    from cxrbench.reports.figures import pretraining_figures, validation_curves_figure
+
+    for method, auroc in (("sup1", 0.6), ("vicreg", 0.7)):
+        for fraction in (1.0, 100.0):
+            write_record(tmp_path, method, auroc, fraction=fraction)
+            path = tmp_path / "cells" / f"{method}__finetune__{fraction}__0.json"
+            record = json.loads(path.read_text())
+            record["selection"] = {"curve": [[100, 0.55], [200, 0.61], [300, auroc]]}
+            path.write_text(json.dumps(record))
+    pretrain = tmp_path / "pretrain" / "vicreg__phantom-nih"
+    pretrain.mkdir(parents=True)
+    steps = [{"step": step, "loss": 22.0 - 0.01 * step} for step in range(1, 201)]
+    pretrain.joinpath("record.json").write_text(json.dumps(
+        {"method": "vicreg", "pretrain_dataset": "phantom-nih", "history": [{"epoch": 1, "loss": 21.5}, {"epoch": 2, "loss": 20.5}],
+         "step_history": steps}))
+    drawn = []
+    original = Axes.plot
+
+    def recording_plot(axis, x, y, *args, **kwargs):
+        drawn.append((list(x), list(y)))
+        return original(axis, x, y, *args, **kwargs)
+
+    Axes.plot = recording_plot
+    try:
+        written = pretraining_figures(tmp_path, tmp_path / "pretraining")
+        assert any(len(x) == 200 and y[0] == pytest.approx(21.99) for x, y in drawn)  # raw per-step loss
+        drawn.clear()
+        written += validation_curves_figure(load_records(tmp_path), "finetune", "mean AUROC", tmp_path / "curves")
+    finally:
+        Axes.plot = original
+    assert ([100, 200, 300], [55.0, 61.0, 70.0]) in [(list(map(int, x)), [round(v, 6) for v in y]) for x, y in drawn]
+    assert len(drawn) == 4  # two methods x two label fractions
+    assert all(path.stat().st_size > 0 for path in written) and len(written) == 4

@@ -431,6 +431,9 @@ class Runner:
             "label_subset": label_subset,
             "dataset_root": str(dataset.root),
             "headline_metric": result.headline,
+            # the protocol's feature version ("bn-train": BatchNorm re-estimated before a frozen probe),
+            # so a report can say how the records it reads were made
+            "protocol_version": getattr(protocol, "shared_version", None),
             "metrics": result.metrics,
             "bootstrap": interval,
             "selection": result.selection,

@@ -126,27 +126,82 @@ def leaderboard_figure(boards: dict[str, pd.DataFrame], stem: Path) -> list[Path
 
 
 def label_efficiency_figure(records: pd.DataFrame, protocol: str, metric: str, what: str, stem: Path) -> list[Path]:
-    """Score against label fraction per method, one panel per dataset; bars: std over seeds."""
+    """Score against label fraction per method, one panel per dataset, all panels on one y-range.
+
+    Point: the mean over seeds. Band: the 95 % interval; the mean of the cells' bootstrap bounds
+    (the interval of one test split) where the records carry them, else seaborn's 95 % interval
+    over seeds. A band, not error bars: with nine methods on three fractions, bars hide each other.
+    """
     import seaborn as sns
 
     subset = efficiency_rows(records, protocol, metric)
     if subset.empty or subset["label_fraction"].nunique() < 2:
         return []
     subset = subset.assign(score=subset[metric].astype(float) * 100)
+    has_intervals = {"interval_low", "interval_high"} <= set(subset.columns) and subset["interval_low"].notna().all()
     order = ("nih", "vindr", "rsna", "siim")  # the paper's column order
     datasets = sorted(subset["dataset"].unique(), key=lambda d: (order.index(d.removeprefix("phantom-")) if d.removeprefix("phantom-") in order else 9, d))
-    figure, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
+    methods = list(dict.fromkeys(subset.sort_values("method")["display_name"]))
+    palette = dict(zip(methods, sns.color_palette("tab10", len(methods))))
+    figure, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), squeeze=False, sharey=True,
+                                layout="constrained")
     for axis, dataset in zip(axes[0], datasets):
-        sns.lineplot(data=subset[subset["dataset"] == dataset], x="label_fraction", y="score", hue="display_name",
-                     style="display_name", markers=True, dashes=False, errorbar="sd", err_style="bars", ax=axis)
+        rows = subset[subset["dataset"] == dataset]
+        if has_intervals:
+            means = rows.groupby(["display_name", "label_fraction"])[["score", "interval_low", "interval_high"]].mean().reset_index()
+            for name, curve in means.groupby("display_name"):
+                axis.plot(curve["label_fraction"], curve["score"], marker="o", markersize=4, color=palette[name], label=name)
+                axis.fill_between(curve["label_fraction"], 100 * curve["interval_low"], 100 * curve["interval_high"],
+                                  color=palette[name], alpha=0.12, linewidth=0)
+        else:
+            sns.lineplot(data=rows, x="label_fraction", y="score", hue="display_name", palette=palette, marker="o",
+                         errorbar=("ci", 95), err_style="band", ax=axis)
         axis.set_xscale("log")
         fractions = sorted(subset["label_fraction"].unique())
         axis.set_xticks(fractions, [f"{f:g}%" for f in fractions])
-        axis.set_title(dataset)
+        axis.minorticks_off()
+        axis.set_title(dataset, fontsize=9)
         axis.set_xlabel("labels used")
         axis.set_ylabel(what)
-        axis.legend(fontsize=6, title=None)
-    figure.suptitle(f"Label efficiency, {protocol}", fontsize=10)
+        axis.grid(alpha=0.3)
+        if axis.get_legend() is not None:
+            axis.get_legend().remove()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right center", fontsize=7, frameon=False)
+    band = "mean of the cells' 95 % bootstrap intervals" if has_intervals else "95 % interval over seeds"
+    figure.suptitle(f"Label efficiency, {protocol} (points: mean over seeds; bands: {band})", fontsize=9)
+    return _save(figure, stem)
+
+
+def validation_curves_figure(records: pd.DataFrame, protocol: str, what: str, stem: Path) -> list[Path]:
+    """Validation score per evaluation step of every fine-tune or segmentation cell, seed 0 (or the
+    lowest seed run), one panel per (dataset, label fraction), one line per method."""
+    subset = efficiency_rows(records, protocol, "headline_score")
+    subset = subset[subset["validation_curve"].notna()] if "validation_curve" in subset else subset.iloc[0:0]
+    if subset.empty:
+        return []
+    subset = subset[subset["seed"] == subset["seed"].min()]
+    panels = sorted({(row.dataset, row.label_fraction) for row in subset.itertuples()})
+    columns = min(3, len(panels))
+    rows = int(np.ceil(len(panels) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4.0 * columns, 2.8 * rows), squeeze=False, sharey=True,
+                                layout="constrained")
+    for axis in axes.flat[len(panels):]:
+        axis.axis("off")
+    colours = dict(zip(sorted(subset["display_name"].unique()), plt.get_cmap("tab10").colors))
+    for axis, (dataset, fraction) in zip(axes.flat, panels):
+        for row in subset[(subset["dataset"] == dataset) & (subset["label_fraction"] == fraction)].itertuples():
+            curve = np.asarray(row.validation_curve, dtype=float)
+            axis.plot(curve[:, 0], 100 * curve[:, 1], marker="o", markersize=2.5, color=colours[row.display_name],
+                      label=row.display_name)
+        axis.set_title(f"{dataset}, {_fraction_text(fraction)} labels", fontsize=8)
+        axis.set_xlabel("step", fontsize=7)
+        axis.set_ylabel(f"validation {what}", fontsize=7)
+        axis.tick_params(labelsize=6)
+        axis.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right center", fontsize=7, frameon=False)
+    figure.suptitle(f"Validation curves, {protocol} (seed {int(subset['seed'].min())}; the selected step is the best)", fontsize=9)
     return _save(figure, stem)
 
 
@@ -254,8 +309,26 @@ def segmentation_figures(results_dir: Path, records: pd.DataFrame, stem: Path, m
     return written + _save(figure, stem.with_name(stem.name + "_overlays"))
 
 
+def _curve(record: dict) -> tuple[pd.DataFrame, str]:
+    """A pretraining record's curve: per step where stored (``step_history``), else per epoch."""
+    if record.get("step_history"):
+        return pd.DataFrame(record["step_history"]), "step"
+    return pd.DataFrame(record["history"]), "epoch"
+
+
+def _plot_smoothed(axis, x: pd.Series, y: pd.Series, colour=None, label=None) -> None:
+    """The raw values faint, an exponential moving average over them solid (a span of a tenth of
+    the points): per-step losses are noisy enough to hide their trend."""
+    if len(y) > 12:
+        axis.plot(x, y, color=colour, alpha=0.25, linewidth=0.8)
+        axis.plot(x, y.ewm(span=max(3, len(y) // 10)).mean(), color=colour, linewidth=1.4, label=label)
+    else:
+        axis.plot(x, y, color=colour, marker="o", markersize=3, label=label)
+
+
 def pretraining_figures(results_dir: Path, stem: Path) -> list[Path]:
-    """Pretraining loss per epoch for every method; OPTiML's diagnostics where recorded."""
+    """Pretraining loss for every method (per step where recorded, smoothed, raw values faint);
+    OPTiML's diagnostics where recorded."""
     records = []
     for path in sorted((Path(results_dir) / "pretrain").glob("*/record.json")):
         records.append(json.loads(path.read_text()))
@@ -264,31 +337,36 @@ def pretraining_figures(results_dir: Path, stem: Path) -> list[Path]:
         return []
     columns = min(4, len(records))
     rows = int(np.ceil(len(records) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.3 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.5 * rows), squeeze=False, layout="constrained")
     for axis in axes.flat[len(records):]:
         axis.axis("off")
     for axis, record in zip(axes.flat, records):
-        history = pd.DataFrame(record["history"])
-        axis.plot(history["epoch"], history["loss"], marker="o", markersize=3)
+        history, unit = _curve(record)
+        _plot_smoothed(axis, history[unit], history["loss"])
         axis.set_title(f"{record['method']} ({record['pretrain_dataset']})", fontsize=8)
-        axis.set_xlabel("epoch", fontsize=7)
+        axis.set_xlabel(unit, fontsize=7)
         axis.set_ylabel("loss", fontsize=7)
         axis.tick_params(labelsize=6)
-    figure.suptitle("Pretraining loss (mean per epoch)", fontsize=9)
+        axis.grid(alpha=0.3)
+    figure.suptitle("Pretraining loss (faint: as recorded; solid: moving average)", fontsize=9)
     written = _save(figure, stem.with_name(stem.name + "_loss"))
     keys = ["ot", "plan_entropy", "mu_entropy", "sinkhorn_iterations", "feature_std"]
     # the methods that log OPTiML's transport diagnostics (OPTiML and its ablation variants)
     diagnostics = [r for r in records if "ot" in r["history"][-1]]
     if diagnostics:
-        figure, axes = plt.subplots(1, len(keys), figsize=(2.9 * len(keys), 2.4), squeeze=False)
+        figure, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys), 2.6), squeeze=False, layout="constrained")
+        colours = dict(zip([r["method"] for r in diagnostics], plt.get_cmap("tab10").colors))
         for axis, key in zip(axes[0], keys):
             for record in diagnostics:
-                history = pd.DataFrame(record["history"])
+                history, unit = _curve(record)
                 if key in history:
-                    axis.plot(history["epoch"], history[key], marker="o", markersize=3, label=record["method"])
+                    _plot_smoothed(axis, history[unit], history[key], colours[record["method"]], record["method"])
             axis.set_title(key, fontsize=8)
+            axis.set_xlabel(unit, fontsize=7)
             axis.tick_params(labelsize=6)
-        axes[0][0].legend(fontsize=6)
-        figure.suptitle("OPTiML diagnostics per epoch (transport cost, entropies, Sinkhorn iterations, feature std)", fontsize=9)
+            axis.grid(alpha=0.3)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="outside right center", fontsize=7, frameon=False)
+        figure.suptitle("OPTiML diagnostics: transport cost, plan and marginal entropies, Sinkhorn iterations, feature std", fontsize=9)
         written += _save(figure, stem.with_name(stem.name + "_optiml_diagnostics"))
     return written

@@ -263,9 +263,16 @@ LEARNING_CAPTION = (
     "of the paired test (DeLong for mean AUROC, paired t for Dice; the union over seeds). ✓: significantly above "
     "random initialisation (Holm over the protocol's cells at 5 %; with several seeds, every seed). The verdict is "
     "decided by the frozen cells (else the fine-tune ones): a method with no ✓ there did not learn here, on these "
-    "data and this budget it is not distinguishable from a random network. The frozen "
-    "probe re-estimates every encoder's BatchNorm statistics on the dataset's training images first, Sup.1's included "
-    "(a random network's own are mean 0 / variance 1, which pass the raw intensity through; README: Protocols).")
+    "data and this budget it is not distinguishable from a random network.")
+# what the frozen records say of their BatchNorm statistics (``protocol_version`` in each record)
+BATCHNORM_NOTES = {
+    "bn-train": "The frozen probe re-estimated every encoder's BatchNorm statistics on the dataset's training images "
+                "first, Sup.1's included (a random network's own are mean 0 / variance 1, which pass the raw intensity "
+                "through; README: Protocols).",
+    None: "These frozen records were made before the probe re-estimated BatchNorm statistics: each encoder, Sup.1 "
+          "included, was probed with the statistics it had (a random network's initial ones pass the raw intensity "
+          "through, which flatters the random-initialisation row; README: Protocols).",
+}
 
 
 def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]:
@@ -287,7 +294,7 @@ def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]
         frame.insert(0, "verdict", ["did not learn here" if names[name] in verdicts else "learned" if names[name] in decided
                                     else "no verdict (no frozen or fine-tune cells)" for name in frame.index])
         frame = frame.reset_index().rename(columns={"display_name": "Method"})
-        caption = f"{LEARNING_CAPTION} This table: {protocol}."
+        caption = f"{LEARNING_CAPTION} {_batchnorm_note(results_dir)} This table: {protocol}."
         markdown = f"{caption}\n\n" + tabulate(frame.values.tolist(), headers=list(frame.columns), tablefmt="pipe",
                                                 stralign="center") + "\n"
         files = _write_table(out_dir, f"learning_check_{protocol}", markdown,
@@ -299,6 +306,14 @@ def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]
     return written
 
 
+def _batchnorm_note(results_dir: Path) -> str:
+    records = load_records(results_dir)
+    versions = set(records.loc[records["protocol"] == "frozen", "protocol_version"])
+    if len(versions) > 1:
+        return "The frozen records were made with different probes (BatchNorm statistics re-estimated in some, not in others)."
+    return BATCHNORM_NOTES.get(next(iter(versions), "bn-train"), "")
+
+
 def _fraction_label_short(fraction: float) -> str:
     return f"{fraction:g}%"
 
@@ -306,7 +321,7 @@ def _fraction_label_short(fraction: float) -> str:
 def _figures(results_dir: Path, records: pd.DataFrame, out_dir: Path, page: _Page, tables: dict) -> list[Path]:
     """Every figure; one that cannot be drawn (a predictions file missing) is skipped with a note."""
     written = []
-    for draw in (_label_efficiency, _gradcam, _segmentation, _pretraining):
+    for draw in (_label_efficiency, _validation_curves, _gradcam, _segmentation, _pretraining):
         try:
             written += draw(results_dir, records, out_dir, page, tables)
         except ReportError as error:
@@ -321,6 +336,16 @@ def _label_efficiency(results_dir, records, out_dir, page, tables) -> list[Path]
     for protocol, (_, title, metric, what) in tables.items():
         files = figures.label_efficiency_figure(records, protocol, metric, what, out_dir / f"label_efficiency_{protocol}")
         page.figure(f"Label efficiency: {title}", files)
+        written += files
+    return written
+
+
+def _validation_curves(results_dir, records, out_dir, page, tables) -> list[Path]:
+    """Validation curves"""
+    written = []
+    for protocol, (_, title, _, what) in tables.items():
+        files = figures.validation_curves_figure(records, protocol, what, out_dir / f"validation_curves_{protocol}")
+        page.figure(f"Validation curves: {title}", files)
         written += files
     return written
 

@@ -114,11 +114,14 @@ def _record_row(path: Path, results_dir: Path) -> dict:
         "mean_auroc": scores["mean_auroc"],
         "dice_per_image": scores["dice_per_image"],
         "headline_metric": headline,
+        "protocol_version": record.get("protocol_version") if isinstance(record.get("protocol_version"), str) else None,
         "headline_score": scores[headline],
         # the cell's 95 % bootstrap interval of the headline score (for the page's hover text)
         "interval_low": _interval_bound(record, "low"),
         "interval_high": _interval_bound(record, "high"),
         "ablation": json.dumps(record.get("method_ablation")) if record.get("method_ablation") else None,
+        # [step, validation score] of each evaluation of a fine-tune or segmentation cell
+        "validation_curve": _validation_curve(record),
         "record_file": str(path.relative_to(Path(results_dir))),
         "predictions_file": record.get("predictions_file"),
         "git_commit": (record.get("environment") or {}).get("git_commit"),
@@ -126,6 +129,16 @@ def _record_row(path: Path, results_dir: Path) -> dict:
         "profile": ((record.get("config") or {}).get("profile") or {}).get("name"),
         "created": record.get("created"),
     }
+
+
+def _validation_curve(record: dict) -> list | None:
+    selection = record.get("selection")
+    curve = selection.get("curve") if isinstance(selection, dict) else None
+    if not curve:
+        return None
+    if not all(isinstance(point, list) and len(point) == 2 and all(isinstance(v, (int, float)) for v in point) for point in curve):
+        raise ValueError("selection.curve is not a list of [step, score] pairs")
+    return curve
 
 
 def _interval_bound(record: dict, side: str) -> float | None:
@@ -518,7 +531,8 @@ def build_ablation_table(records: pd.DataFrame, results_dir: Path | None = None)
                 row[_fraction_label(fraction)] = "–"
                 continue
             entry = entry.iloc[0]
-            text = f"{entry['mean']:.3f}" + (f" ± {entry['std']:.3f}" if entry["count"] > 1 else "")
+            # x 100, the unit of Tables I and II
+            text = f"{100 * entry['mean']:.1f}" + (f" ± {100 * entry['std']:.1f}" if entry["count"] > 1 else "")
             bold = np.isclose(entry["mean"], best[fraction]) or (tied is not None and (method, fraction) in tied)
             row[_fraction_label(fraction)] = f"**{text}**" if bold else text
         rows.append(row)
@@ -547,11 +561,11 @@ def _ablation_ties(subset: pd.DataFrame, summary: pd.DataFrame, results_dir: Pat
     return tied
 
 
-ABLATION_CAPTION = ("Table III: OPTiML ablation, fine-tuning on the NIH(-like) dataset, mean AUROC on the test split "
+ABLATION_CAPTION = ("Table III: OPTiML ablation, fine-tuning on the NIH(-like) dataset, mean AUROC x 100 on the test split "
                     "(var+cov: the variance/covariance regularisers; CV-SIM: learned marginals instead of uniform); "
                     "bold: each column's best and every variant not significantly below it (paired DeLong tests, Holm "
                     "within the column).")
-ABLATION_CAPTION_PUBLISHED = ("Table III: OPTiML ablation, fine-tuning on NIH, mean AUROC on the test split, from the "
+ABLATION_CAPTION_PUBLISHED = ("Table III: OPTiML ablation, fine-tuning on NIH, mean AUROC x 100 on the test split, from the "
                               "paper's published numbers ({reference}) (var+cov: the variance/covariance regularisers; "
                               "CV-SIM: learned marginals instead of uniform). The paper publishes no intervals: no "
                               "difference can be tested; bold marks the highest published value.")

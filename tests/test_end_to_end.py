@@ -211,6 +211,29 @@ def test_a_folder_without_records_takes_a_new_configuration(tmp_path, capsys):
     assert json.loads((out / "run.json").read_text())["profile"]["name"] == "smoke"
 
 
+def test_a_method_can_be_tuned_in_a_folder_that_holds_only_other_methods_records(tmp_path, capsys):
+    """``methods.NAME`` applies to NAME's records only: changing MoCo v2's entry leaves a folder of
+    Sup.1 records usable (and run.json follows), changing a global key or the entry of a method
+    with records there is refused, an ablation variant's records guard its parent's entry."""
+    from cxrbench.benchmark.profiles import apply_overrides, load_profile
+    from cxrbench.benchmark.runner import Runner
+
+    out = tmp_path / "run"
+    command = ["run", "--methods", "sup1", "--protocol", "frozen", "--profile", "smoke", "--fractions", "100", "--out", str(out)]
+    assert main(command) == 0
+    assert main(command + ["--set", "methods.mocov2.base_lr=0.3"]) == 0
+    assert json.loads((out / "run.json").read_text())["profile"]["methods"]["mocov2"]["base_lr"] == 0.3
+    capsys.readouterr()
+    assert main(command + ["--set", "pretrain.epochs=3"]) == 2
+    assert "pretrain.epochs" in capsys.readouterr().err
+    smoke = load_profile("smoke")
+    (out / "cells" / "optiml-ot-only__phantom-nih__frozen__100pct__seed0.json").write_text("{}")
+    (out / "run.json").write_text(json.dumps({"profile": smoke, "created": "earlier"}))
+    assert Runner.configuration_conflict(out, apply_overrides(smoke, ["methods.mocov2.base_lr=0.3"])) is None
+    conflict = Runner.configuration_conflict(out, apply_overrides(smoke, ["methods.optiml.base_lr=0.3"]))
+    assert conflict is not None and "methods.optiml.base_lr" in conflict
+
+
 def test_two_runs_into_one_folder_compute_each_cell_once(tmp_path):
     """Started together after the encoder exists, two runs share the cells through their claims."""
     out = tmp_path / "run"

@@ -67,6 +67,22 @@ def holds_results(out_dir: Path) -> bool:
         or any(out_dir.glob("cells/claims/*.json")) or any(out_dir.glob("shared/*"))
 
 
+def _profile_keys_with_results(out_dir: Path) -> set[str]:
+    """The ``methods:`` entries (profile keys) that some result in ``out_dir`` was made under: the
+    methods named by its cell records, claims, pretraining folders and stored features, each mapped
+    to the entry it reads (an ablation variant reads its parent's). An unregistered name counts as
+    its own entry."""
+    names = {path.name.split("__")[0] for pattern in ("cells/*.json", "cells/claims/*.json", "pretrain/*", "shared/*")
+             for path in out_dir.glob(pattern)}
+    keys = set()
+    for name in names:
+        try:
+            keys.add(get_method(name).profile_key or name)
+        except KeyError:
+            keys.add(name)
+    return keys
+
+
 def record_problem(path: Path, cell: Cell) -> str | None:
     """Why the file at ``path`` is not a complete record of ``cell``, or None if it is."""
     import json
@@ -151,8 +167,11 @@ class Runner:
     def configuration_conflict(out_dir: Path, profile: dict) -> str | None:
         """Why ``out_dir`` cannot take records of ``profile`` (None if it can).
 
-        Cells are skipped when a record exists, so one directory must only ever hold
-        records of one resolved profile; ``run.json`` stores it.
+        Cells are skipped when a record exists, so every record in a directory must have been made
+        under the profile as it applies now; ``run.json`` stores the profile. A method's own entry
+        (``methods.NAME``) applies to that method's records only: tuning one method in a folder that
+        holds other methods' records is allowed, and is refused only while records of that method
+        (or of a variant reading its entry) are there.
         """
         stored_path = Path(out_dir) / "run.json"
         if not stored_path.is_file() or not holds_results(Path(out_dir)):
@@ -162,13 +181,18 @@ class Runner:
         except (OSError, ValueError, KeyError, TypeError) as error:
             return (f"its {stored_path} is unreadable ({type(error).__name__}); it records the configuration of the "
                     f"records there: restore it, or move the folder's records away")
-        differences = sorted(_differences(stored, profile))
+        in_use = _profile_keys_with_results(Path(out_dir))
+        differences = sorted(difference for difference in _differences(stored, profile)
+                             if not difference.startswith("methods.") or difference.split(".")[1].split(":")[0] in in_use)
         return ", ".join(differences[:5]) + (" ..." if len(differences) > 5 else "") if differences else None
 
     def claim_out_dir(self) -> None:
+        """Store the profile in ``run.json``. Called after ``configuration_conflict`` found none, so
+        any difference from the stored one is in the entry of a method with no results here."""
         path = self.out_dir / "run.json"
-        if not path.is_file() or not holds_results(self.out_dir):
-            atomic_write_json(path, {"profile": self.profile, "created": now()})
+        if not path.is_file() or not holds_results(self.out_dir) or read_json(path).get("profile") != self.profile:
+            created = read_json(path).get("created") if path.is_file() and holds_results(self.out_dir) else None
+            atomic_write_json(path, {"profile": self.profile, "created": created or now()})
 
     # --- data
 

@@ -180,6 +180,27 @@ def _print_method_details(name: str) -> int:
     return 0
 
 
+def _encoder_rows(specs: list[str]) -> dict[str, str]:
+    """``--encoder NAME=PATH`` values as {NAME: absolute PATH}, each file read and registered as a
+    row now, so that a bad file is one line before anything is written."""
+    from cxrbench.methods.checkpoints import CheckpointError
+    from cxrbench.methods.external import register_encoder_rows
+
+    rows = {}
+    for spec in specs:
+        name, separator, path = spec.partition("=")
+        if not separator or not name or not path:
+            raise CliError(f"--encoder {spec!r}: expected NAME=PATH, e.g. --encoder mine=checkpoints/last.ckpt")
+        if name in rows:
+            raise CliError(f"--encoder {name}: given twice; each row needs its own name")
+        rows[name] = str(Path(path).expanduser().resolve())
+    try:
+        register_encoder_rows(rows)
+    except CheckpointError as error:
+        raise CliError(f"--encoder: {error}") from None
+    return rows
+
+
 def command_run(args) -> int:
     import torch
 
@@ -194,9 +215,11 @@ def command_run(args) -> int:
     from cxrbench.methods import METHOD_GROUPS, available_methods, expand_methods, get_method
 
     _check_device_name(args.device)  # before anything is printed or written
+    encoder_rows = _encoder_rows(args.encoder or [])
     methods_known = available_methods()
     in_all = [name for name in methods_known if get_method(name).listed_in_all]
     methods = in_all if args.methods == "all" else _csv(args.methods)
+    methods += [name for name in encoder_rows if name not in methods]  # each --encoder adds its row
     if not methods:
         raise CliError(f"--methods is empty; valid: all, {', '.join(list(METHOD_GROUPS) + methods_known)}")
     _check_choices("method", methods, list(METHOD_GROUPS) + methods_known)
@@ -209,6 +232,8 @@ def command_run(args) -> int:
         apply_overrides(profile, args.set or [])
     except ValueError as error:
         raise CliError(str(error)) from None
+    if encoder_rows:  # stored with the profile: run.json, every record and every grid job read them there
+        profile["encoders"] = {**(profile.get("encoders") or {}), **encoder_rows}
     evaluation = profile["evaluation"]
     if args.datasets is not None and not _csv(args.datasets):
         raise CliError("--datasets is empty; expected comma-separated dataset names (bench list datasets)")
@@ -615,6 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a profile value, e.g. --set pretrain.epochs=30 or --set methods.vicreg.base_lr=0.3 "
                           "(repeatable; stored in every record's resolved config)")
+    run.add_argument("--encoder", action="append", metavar="NAME=PATH",
+                     help="add a row NAME whose encoder is read from the checkpoint PATH (torchvision/timm, cxrbench, "
+                          "solo-learn/Lightning, lightly, mmselfsup/mmpretrain, official MoCo/DenseCL/SimSiam; recognised "
+                          "from its keys) and not pretrained; repeatable. Stored in the profile's encoders section")
     gpu = run.add_argument_group("GPU options of pretraining (stored in the profile's pretrain section)")
     gpu.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast dtype; default: the profile's (fp32)")
     gpu.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster convolutions on tensor cores)")

@@ -39,6 +39,7 @@ from cxrbench.datasets import DATASETS, PreparedDataset
 from cxrbench.distributed import barrier, sum_across_processes, world
 from cxrbench.methods import get_method
 from cxrbench.methods.base import Method
+from cxrbench.methods.external import register_encoder_rows
 
 
 def method_hyperparameters(profile: dict, name: str):
@@ -149,6 +150,7 @@ class Runner:
     def __init__(self, profile: dict, out_dir: Path, device: torch.device, echo: Callable[[str], None] = tqdm.write,
                  persist_shared: bool = False):
         self.profile = profile
+        register_encoder_rows(profile.get("encoders"))  # a grid job's process registers the run's encoder rows
         # jobs that each run one cell keep what a protocol computes once per encoder (the frozen
         # probe's features) on disk, so the other cells of that encoder load it
         self.persist_shared = persist_shared
@@ -169,7 +171,7 @@ class Runner:
 
         Cells are skipped when a record exists, so every record in a directory must have been made
         under the profile as it applies now; ``run.json`` stores the profile. A method's own entry
-        (``methods.NAME``) applies to that method's records only: tuning one method in a folder that
+        (``methods.NAME``; an encoder row's ``encoders.NAME``) applies to that method's records only: tuning one method in a folder that
         holds other methods' records is allowed, and is refused only while records of that method
         (or of a variant reading its entry) are there.
         """
@@ -183,7 +185,7 @@ class Runner:
                     f"records there: restore it, or move the folder's records away")
         in_use = _profile_keys_with_results(Path(out_dir))
         differences = sorted(difference for difference in _differences(stored, profile)
-                             if not difference.startswith("methods.") or difference.split(".")[1].split(":")[0] in in_use)
+                             if not difference.startswith(("methods.", "encoders.")) or difference.split(".")[1].split(":")[0] in in_use)
         return ", ".join(differences[:5]) + (" ..." if len(differences) > 5 else "") if differences else None
 
     def claim_out_dir(self) -> None:
@@ -448,6 +450,7 @@ class Runner:
             "method_display_name": method_cls.display_name,
             "method_is_baseline": method_cls.is_baseline,
             "method_ablation": getattr(method_cls, "ablation", None),  # Table III switches, if any
+            "method_provenance": method_cls.provenance(),  # an encoder row's file: SHA-256, format, key mapping
             "pretrain_dataset": pretrain_record["pretrain_dataset"] if pretrain_record else None,
             "task": dataset.task,
             "label_columns": dataset.label_columns,

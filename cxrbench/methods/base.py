@@ -95,6 +95,12 @@ class Method(nn.Module):
         return cls.Hyperparameters(**overrides)
 
     @classmethod
+    def provenance(cls) -> dict | None:
+        """Where the row's weights come from, for its records (an encoder row: its file's SHA-256,
+        format and key mapping); None for a method trained here."""
+        return None
+
+    @classmethod
     def unavailable_reason(cls, hyperparameters: Any) -> str | None:
         """Why this method cannot run on this machine (e.g. weights it cannot load), or None.
 

@@ -476,7 +476,8 @@ def profile_note(records: pd.DataFrame) -> str:
     names = " and ".join(sorted(profiles))
     return (f" Profile {names}: this run demonstrates the pipeline (pretraining of a few dozen steps on 64 px "
             f"phantom images); it is too short for the methods to learn, and its differences are not expected to be "
-            f"significant: the arrows and the learning check say which are.")
+            f"significant: the arrows and the learning check say which are. For methods that learn, see the "
+            f"`standard` profile's report (reports/standard/ in the repository).")
 
 
 def caption_for(title: str, what: str, baseline: str | None, forced: bool, table: Table | None = None,

@@ -177,3 +177,8 @@ def test_an_encoder_row_takes_part_in_every_protocol(tmp_path, capsys):
     assert main(["run", "--encoder", f"bad={tmp_path / 'notes.txt'}", "--profile", "smoke", "--out", str(tmp_path / "never")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "notes.txt" in lines[0] and not (tmp_path / "never").exists()
+    # a ResNet-50 trunk is recognised, and refused in one line by this version
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
+    assert main(["run", "--encoder", f"big={tmp_path / 'r50.pth'}", "--profile", "smoke", "--out", str(tmp_path / "never")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "r50.pth" in lines[0] and "resnet50" in lines[0]

@@ -183,7 +183,7 @@ def load_encoder_checkpoint(path: str | Path) -> LoadedEncoder:
                     return LoadedEncoder(
                         state_dict=state, backbone=backbone,
                         format=_refined_name(layout, name, set_aside), sha256=sha256_of(path),
-                        mapping={"container": layout.container, "prefix_removed": prefix,
+                        mapping={"path": str(path), "container": layout.container, "prefix_removed": prefix,
                                  "renamed": "lightly nn.Sequential children -> torchvision names" if layout.sequential else None,
                                  "set_aside": _summarise(set_aside + _outside(top, layout, prefix)),
                                  "trunk_keys": len(state)})

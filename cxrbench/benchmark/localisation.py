@@ -2,13 +2,19 @@
 
 The paper's Figure 2 shows heatmaps of the 1 % fine-tuned models with the ground-truth boxes
 drawn, judged by eye. We compute them with the ``grad-cam`` package (Grad-CAM on the last
-residual block, target = the box's label) for every boxed test image, store them with the
-cell's predictions, and score them with two numbers the paper lacks:
+residual block whose map is at least 7 x 7, target = the box's label) for every boxed test
+image, store them with the cell's predictions, and score them with two numbers the paper lacks:
 
 * pointing game: share of (image, box) pairs whose heatmap maximum falls inside the box;
 * mass inside: mean share of the heatmap's total mass that lies inside the box;
-* empty heatmaps: how many were all zero (no positive evidence at the last residual block,
-  common at 64 px where that block is 2 x 2); they count as misses.
+* empty heatmaps: how many were all zero (no positive evidence at the target block); they
+  count as misses.
+
+The target block: Grad-CAM is usually taken at ResNet's last block (``layer4``), whose map is
+7 x 7 at the paper's 224 px. At 64 px that map is 2 x 2: four numbers, upsampled, cannot point
+at a finding of a few pixels, and with ReLU on a 2 x 2 map most heatmaps came out all zero (25-32
+of 32 in the quick report). So the target is the deepest block with at least 7 x 7 positions:
+``layer4`` from 224 px, ``layer3`` from 112 px, ``layer2`` at 64 px (8 x 8); the record says which.
 
 A heatmap is computed once per (image, label); an image with two boxes of one label is a hit
 when its maximum falls in either.
@@ -30,6 +36,18 @@ def _box_mask(boxes, size: int) -> np.ndarray:
         x1, y1 = min(size, int(np.ceil(x + w))), min(size, int(np.ceil(y + h)))
         mask[y0:y1, x0:x1] = True
     return mask
+
+
+# each ResNet stage's stride: its map is image_size / stride on a side
+STAGE_STRIDES = {"layer4": 32, "layer3": 16, "layer2": 8, "layer1": 4}
+
+
+def gradcam_layer_name(image_size: int, min_side: int = 7) -> str:
+    """The deepest ResNet stage whose map has at least ``min_side`` positions on a side."""
+    for name, stride in STAGE_STRIDES.items():
+        if image_size // stride >= min_side:
+            return name
+    return "layer1"
 
 
 def localisation_scores(cams: np.ndarray, box_masks: np.ndarray) -> dict:

@@ -18,7 +18,7 @@ from scipy.special import expit
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxrbench.benchmark.localisation import gradcam_on_boxes
+from cxrbench.benchmark.localisation import gradcam_layer_name, gradcam_on_boxes
 from cxrbench.benchmark.metrics import auroc_per_class
 from cxrbench.datasets.prepared import PreparedDataset
 from cxrbench.methods.augment import ViewRecipe, augment
@@ -270,8 +270,10 @@ class FinetuneProtocol:
                 and dataset.name in gradcam.get("datasets", [dataset.name])):
             # Figure 2: heatmaps of the selected model on the boxed test images, scored against the boxes
             cam_started = time.perf_counter()
-            scores, arrays = gradcam_on_boxes(model, model[0].layer4[-1], dataset, test, _as_input, device,
+            layer_name = gradcam_layer_name(dataset.image_size)
+            scores, arrays = gradcam_on_boxes(model, getattr(model[0], layer_name)[-1], dataset, test, _as_input, device,
                                               int(gradcam.get("max_heatmaps", 64)))
+            scores["target_layer"] = layer_name
             if arrays:
                 position_of = dict(zip(dataset.index["image_id"], range(len(dataset.index))))
                 arrays["cam_images"] = np.stack([dataset.images[position_of[i]] for i in arrays["cam_image_ids"]])

@@ -230,7 +230,9 @@ def gradcam_figure(results_dir: Path, records: pd.DataFrame, stem: Path, max_ima
     table = pd.DataFrame([{"method": row.display_name, "dataset": row.dataset, "labels": _fraction_text(row.label_fraction),
                            "seed": row.seed, "pointing game": scores["pointing_game"],
                            "heatmap mass inside box": scores["mass_inside_box"], "heatmaps": scores["num_heatmaps"],
-                           "empty heatmaps": scores.get("empty_heatmaps")}
+                           "empty heatmaps": scores.get("empty_heatmaps"),
+                           # records made before the target followed the resolution used layer4
+                           "target layer": scores.get("target_layer", "layer4")}
                           for row, scores in candidates])
     # the figure: one dataset and fraction (the smallest fraction, as the paper's 1 %), seed 0 cells
     first = min(candidates, key=lambda c: (c[0].label_fraction, c[0].dataset, c[0].seed))[0]

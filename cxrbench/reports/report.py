@@ -358,7 +358,9 @@ def _gradcam(results_dir, records, out_dir, page, tables) -> list[Path]:
     written += files
     if not localisation.empty:
         markdown = ("Localisation of the Grad-CAM heatmaps on the boxed test images (pointing game: share of heatmaps whose "
-                    "maximum lies in the box; mass: mean share of the heatmap inside the box).\n\n"
+                    "maximum lies in the box; mass: mean share of the heatmap inside the box; empty: heatmaps with no "
+                    "positive evidence, counted as misses). Target layer: the deepest ResNet stage whose map is at least "
+                    "7 x 7 (layer4 at 224 px; layer2 at 64 px, where layer4 is 2 x 2 and most of its heatmaps were empty).\n\n"
                     + tabulate(localisation.values.tolist(), headers=list(localisation.columns), tablefmt="pipe", floatfmt=".3f") + "\n")
         files = _write_table(out_dir, "localisation", markdown, render_latex(localisation.set_index("method"), "Grad-CAM localisation", "tab:localisation"), localisation)
         page.table("Grad-CAM localisation scores", markdown, files, render_html_frame(localisation.round(3), "Grad-CAM localisation", "localisation"))

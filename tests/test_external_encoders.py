@@ -177,8 +177,35 @@ def test_an_encoder_row_takes_part_in_every_protocol(tmp_path, capsys):
     assert main(["run", "--encoder", f"bad={tmp_path / 'notes.txt'}", "--profile", "smoke", "--out", str(tmp_path / "never")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "notes.txt" in lines[0] and not (tmp_path / "never").exists()
-    # a ResNet-50 trunk is recognised, and refused in one line by this version
-    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
-    assert main(["run", "--encoder", f"big={tmp_path / 'r50.pth'}", "--profile", "smoke", "--out", str(tmp_path / "never")]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "r50.pth" in lines[0] and "resnet50" in lines[0]
+
+
+def test_a_resnet50_file_is_a_row_of_its_own_trunk_in_every_protocol(tmp_path):
+    """Most published SSL checkpoints are ResNet-50: the row's frozen probe, fine-tuning and U-Net
+    take the file's trunk (2,048 features, smp's ResNet-50 U-Net), its records say so, and its
+    tests against the ResNet-18 baseline are marked as comparing two backbones."""
+    import pandas as pd
+
+    from cxrbench.benchmark.cli import main
+    from cxrbench.benchmark.segmentation import build_unet
+    from cxrbench.reports.tables import load_records, profile_note
+
+    torch.manual_seed(0)
+    trunk = torchvision.models.resnet50(weights=None)
+    checkpoint = tmp_path / "moco_r50.pth.tar"  # the official MoCo layout
+    torch.save({"epoch": 200, "arch": "resnet50", "state_dict": prefixed(trunk.state_dict(), "module.encoder_q.")}, checkpoint)
+    out = tmp_path / "run"
+    assert main(["run", "--encoder", f"r50={checkpoint}", "--methods", "sup1", "--protocol", "all", "--profile", "smoke",
+                 "--fractions", "100", "--out", str(out)]) == 0
+    records = {json.loads(path.read_text())["cell"]["protocol"]: json.loads(path.read_text()) for path in (out / "cells").glob("r50__*.json")}
+    assert sorted(records) == ["finetune", "frozen", "segmentation"]
+    assert all(record["method_backbone"] == "resnet50" and record["method_provenance"]["backbone"] == "resnet50"
+               for record in records.values())
+    frame = load_records(out)
+    assert set(frame.loc[frame["method"] == "r50", "display_name"]) == {"r50 [ResNet-50]"}
+    assert "[ResNet-50]" in profile_note(frame)
+    tests = pd.read_csv(out / "paired-tests.csv")
+    assert set(tests.loc[tests["method"] == "r50", "backbones"]) == {"resnet50 vs resnet18"}
+    assert set(tests.loc[tests["method"] != "r50", "backbones"]) <= {"resnet18"}
+    # the U-Net's encoder is the file's trunk, key for key
+    unet = build_unet({key: value for key, value in trunk.state_dict().items() if not key.startswith("fc.")})
+    assert torch.equal(unet.encoder.layer4[2].conv3.weight, trunk.layer4[2].conv3.weight)

@@ -28,7 +28,7 @@ BASELINE_PREFERENCE = ("sup2", "sup1")
 
 COLUMNS = ["method", "dataset", "protocol", "label_fraction", "seed", "baseline", "statistic",
            "difference", "low", "high", "test", "p_value", "bootstrap_p_value", "resamples", "record_created",
-           "baseline_created", "resamples_requested"]
+           "baseline_created", "resamples_requested", "backbones"]
 NEEDED = ("image_ids", "scores", "targets", "dice")  # the arrays a test reads (not heatmaps or masks)
 
 
@@ -71,6 +71,8 @@ def paired_tests(results_dir: Path, *, resamples: int = 1000, seed: int = 0, pre
     if baseline is None:
         return pd.DataFrame(columns=COLUMNS)
     reusable = {}
+    if previous is not None and "backbones" not in previous.columns:  # written before ResNet-50 rows existed
+        previous = previous.assign(backbones="resnet18")
     if previous is not None and set(COLUMNS) <= set(previous.columns):
         for row in previous.to_dict("records"):
             reusable[(row["method"], row["dataset"], row["protocol"], float(row["label_fraction"]), int(row["seed"]),
@@ -89,8 +91,11 @@ def paired_tests(results_dir: Path, *, resamples: int = 1000, seed: int = 0, pre
         dataset, protocol, fraction, cell_seed = key(record)
         identity = (record["cell"]["method"], dataset, protocol, fraction, cell_seed, baseline,
                     str(record.get("created")), str(reference.get("created")), int(resamples))
+        # "resnet50 vs resnet18" where an encoder row of another trunk meets the baseline: the
+        # difference is then the checkpoint's and the backbone's together, and the CSV says so
+        backbones = " vs ".join(dict.fromkeys(r.get("method_backbone", "resnet18") for r in (record, reference)))
         if identity in reusable:
-            rows.append([reusable[identity][column] for column in COLUMNS])
+            rows.append([reusable[identity][column] for column in COLUMNS[:-1]] + [backbones])
             continue
         ours, theirs = _predictions(record), _predictions(reference)
         if not np.array_equal(ours["image_ids"], theirs["image_ids"]):
@@ -101,7 +106,7 @@ def paired_tests(results_dir: Path, *, resamples: int = 1000, seed: int = 0, pre
         exact = exact_paired_test(ours, theirs)
         rows.append([record["cell"]["method"], dataset, protocol, fraction, cell_seed, baseline, name,
                      test.difference, test.low, test.high, exact.test, exact.p_value, test.p_value, test.resamples,
-                     str(record.get("created")), str(reference.get("created")), int(resamples)])
+                     str(record.get("created")), str(reference.get("created")), int(resamples), backbones])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

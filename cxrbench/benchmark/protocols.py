@@ -22,7 +22,7 @@ from cxrbench.benchmark.localisation import gradcam_layer_name, gradcam_on_boxes
 from cxrbench.benchmark.metrics import auroc_per_class
 from cxrbench.datasets.prepared import PreparedDataset
 from cxrbench.methods.augment import ViewRecipe, augment
-from cxrbench.methods.backbone import FEATURE_DIM, resnet18_encoder, to_model_input
+from cxrbench.methods.backbone import backbone_of_state, feature_dim, resnet_encoder, to_model_input
 
 
 @dataclass
@@ -51,11 +51,8 @@ def _test_result(dataset: PreparedDataset, test: np.ndarray, test_scores: np.nda
 
 
 def load_encoder(state_dict: dict, device: torch.device) -> nn.Module:
-    encoder = resnet18_encoder()
-    missing, unexpected = encoder.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"encoder state dict does not match ResNet-18: missing {missing}, unexpected {unexpected}")
-    return encoder.to(device)
+    """The encoder of ``state_dict``, ResNet-18 or ResNet-50 as its keys say."""
+    return resnet_encoder(backbone_of_state(state_dict), state_dict).to(device)
 
 
 def _as_input(images_uint8: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -238,7 +235,7 @@ class FinetuneProtocol:
         generator = torch.Generator().manual_seed(seed)
         train = dataset.label_fraction_positions(label_fraction, seed)
         val, test = dataset.split_positions("val"), dataset.split_positions("test")
-        model = nn.Sequential(load_encoder(encoder_state, device), nn.Linear(FEATURE_DIM, len(dataset.label_columns))).to(device)
+        model = nn.Sequential(load_encoder(encoder_state, device), nn.Linear(feature_dim(backbone_of_state(encoder_state)), len(dataset.label_columns))).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
         batch_size = min(config["batch_size"], len(train))
         total_steps = int(config["max_steps"])

@@ -1,10 +1,11 @@
-"""Segmentation transfer: a ResNet-18 U-Net whose encoder is the method's pretrained encoder.
+"""Segmentation transfer: a ResNet U-Net whose encoder is the method's pretrained encoder.
 
 The paper (Fig. 3) fine-tunes "a ResNet based U-Net" on SIIM-ACR with the encoder
 initialised from pretraining and the decoder at random, and reports Dice; it gives no other
 setting. We use segmentation_models_pytorch's ``Unet("resnet18")``: its encoder *is*
 torchvision's ResNet-18, so the exported ``encoder.pth`` loads key for key (every key must
-match: a mismatch fails the cell rather than silently training a partly random encoder).
+match: a mismatch fails the cell rather than silently training a partly random encoder). An
+encoder row holding a ResNet-50 trunk gets ``Unet("resnet50")`` the same way.
 The rest is ours and the same for every method: BCE + soft Dice loss, Adam, a fixed step
 budget, the spatial part of the fine-tuning augmentation applied jointly to image and mask,
 the checkpoint with the best validation per-image Dice evaluated once on test at a 0.5
@@ -25,12 +26,13 @@ from cxrbench.benchmark.metrics import dice_iou_per_image, segmentation_metrics
 from cxrbench.benchmark.protocols import BestOnValidation, ProtocolResult, _as_input, shuffled_batches
 from cxrbench.datasets.prepared import PreparedDataset
 from cxrbench.methods.augment import ViewRecipe, geometric
-from cxrbench.methods.backbone import to_model_input
+from cxrbench.methods.backbone import backbone_of_state, to_model_input
 
 
 def build_unet(encoder_state: dict):
-    """smp U-Net (ResNet-18 encoder, one output channel) with the given encoder weights."""
-    unet = smp.Unet("resnet18", encoder_weights=None, in_channels=3, classes=1)
+    """smp U-Net (one output channel) whose ResNet encoder (18 or 50, as the weights' keys say) is
+    loaded key for key from the given encoder weights."""
+    unet = smp.Unet(backbone_of_state(encoder_state), encoder_weights=None, in_channels=3, classes=1)
     expected = set(unet.encoder.state_dict())
     given = {key for key in encoder_state if not key.startswith("fc.")}
     if expected != given:
@@ -55,7 +57,7 @@ def predict_masks(model, images: np.ndarray, device: torch.device, batch_size: i
 class SegmentationProtocol:
     name = "segmentation"
     tasks = ("segmentation",)
-    description = "ResNet-18 U-Net (smp) with the pretrained encoder, Dice/IoU/HD95 (SIIM-ACR)"
+    description = "ResNet U-Net (smp; the encoder's backbone) with the pretrained encoder, Dice/IoU/HD95 (SIIM-ACR)"
 
     def prepare_shared(self, encoder_state, dataset, device):
         return None  # every cell trains its own U-Net

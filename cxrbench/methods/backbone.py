@@ -17,7 +17,9 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FEATURE_DIM = 512
+FEATURE_DIM = 512  # ResNet-18's, the paper's backbone and every built-in method's
+# the trunks the suite can hold: torchvision constructor and pooled feature width
+BACKBONES = {"resnet18": (torchvision.models.resnet18, 512), "resnet50": (torchvision.models.resnet50, 2048)}
 
 
 class WeightsUnavailable(RuntimeError):
@@ -42,6 +44,32 @@ def imagenet_weights_missing(weights_path: str | None) -> str | None:
             f"weights_path is set; download them once where there is network access "
             f"(python -c 'import torchvision; torchvision.models.resnet18(weights=\"IMAGENET1K_V1\")') "
             f"or set --set methods.<name>.weights_path=FILE")
+
+
+def backbone_of_state(state_dict: dict) -> str:
+    """Which torchvision ResNet a trunk state dict belongs to: ResNet-50's bottleneck blocks have
+    a third convolution (``layer1.0.conv3``), ResNet-18's basic blocks do not."""
+    return "resnet50" if "layer1.0.conv3.weight" in state_dict else "resnet18"
+
+
+def feature_dim(backbone: str) -> int:
+    """The pooled feature width of a backbone (512 for ResNet-18, 2048 for ResNet-50)."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(BACKBONES)}")
+    return BACKBONES[backbone][1]
+
+
+def resnet_encoder(backbone: str, state_dict: dict | None = None) -> nn.Module:
+    """A torchvision ResNet of ``backbone`` with ``fc`` replaced by identity, loaded key for key from
+    ``state_dict`` (every trunk key, no other; ``fc.*`` is never used here) when one is given."""
+    feature_dim(backbone)  # an unknown name is an error here
+    model = BACKBONES[backbone][0](weights=None)
+    model.fc = nn.Identity()
+    if state_dict is not None:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"encoder state dict does not match {backbone}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
 
 
 def resnet18_encoder(init: str = "random", weights_path: str | None = None, zero_init_residual: bool = False) -> nn.Module:
@@ -78,14 +106,14 @@ def resnet18_encoder(init: str = "random", weights_path: str | None = None, zero
 
 
 def dense_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The unpooled (B, 512, h, w) feature map of a torchvision ResNet encoder."""
+    """The unpooled (B, C, h, w) feature map of a torchvision ResNet encoder (C = 512 for ResNet-18)."""
     x = encoder.maxpool(encoder.relu(encoder.bn1(encoder.conv1(x))))
     x = encoder.layer4(encoder.layer3(encoder.layer2(encoder.layer1(x))))
     return x
 
 
 def encoder_state_dict(encoder: nn.Module) -> dict[str, torch.Tensor]:
-    """A plain torchvision resnet18 state dict (no ``fc``), on the CPU."""
+    """A plain torchvision ResNet state dict (no ``fc``), on the CPU."""
     return {key: value.detach().cpu().clone() for key, value in encoder.state_dict().items() if not key.startswith("fc.")}
 
 

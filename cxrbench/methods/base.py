@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cxrbench.methods.backbone import encoder_state_dict, imagenet_weights_missing, resnet18_encoder
+from cxrbench.methods.backbone import encoder_state_dict, imagenet_weights_missing, resnet18_encoder, resnet_encoder
 
 
 class Method(nn.Module):
@@ -65,12 +65,18 @@ class Method(nn.Module):
     # how often the runner's warm-up + cosine schedule moves the learning rate: "step" (most
     # official code) or "epoch" (official SimSiam and PCRLv2 set it once per epoch)
     lr_schedule_unit: ClassVar[str] = "step"
+    # the trunk: every built-in method trains the paper's ResNet-18; an encoder row takes its
+    # file's ("resnet50" for most published checkpoints)
+    backbone: ClassVar[str] = "resnet18"
 
     def __init__(self, hyperparameters: Any | None = None):
         super().__init__()
         self.hparams = hyperparameters if hyperparameters is not None else self.Hyperparameters()
-        self.encoder = resnet18_encoder(getattr(self.hparams, "encoder_init", "random"), getattr(self.hparams, "weights_path", None),
-                                        zero_init_residual=self.zero_init_residual)
+        if self.backbone == "resnet18":
+            self.encoder = resnet18_encoder(getattr(self.hparams, "encoder_init", "random"), getattr(self.hparams, "weights_path", None),
+                                            zero_init_residual=self.zero_init_residual)
+        else:  # an encoder row of another trunk: its weights come from its file
+            self.encoder = resnet_encoder(self.backbone)
 
     @classmethod
     def resolve_hyperparameters(cls, overrides: dict | None) -> Any:

@@ -40,7 +40,7 @@ class EncoderRow(Method):
 
     def __init__(self, hyperparameters=None):
         super().__init__(hyperparameters)
-        loaded = self.loaded or _resnet18_only(load_encoder_checkpoint(self.hparams.path))
+        loaded = self.loaded or load_encoder_checkpoint(self.hparams.path)
         with torch.no_grad():
             self.encoder.load_state_dict(loaded.state_dict, strict=False)  # fc is the identity here
 
@@ -65,17 +65,11 @@ def register_encoder_rows(encoders: dict | None) -> list[str]:
         if existing is not None and not (issubclass(existing, EncoderRow) and existing.Hyperparameters().path == path):
             raise CheckpointError(f"encoder row name {name!r} is already a method's name; choose another")
         if existing is None:
-            loaded = _resnet18_only(load_encoder_checkpoint(path))
+            loaded = load_encoder_checkpoint(path)
             hyperparameters = make_dataclass(f"{name}_file", [("path", str, path)])
             row = type(f"EncoderRow_{name}", (EncoderRow,), {"display_name": name, "Hyperparameters": hyperparameters,
-                                                               "loaded": loaded})
+                                                               "loaded": loaded, "backbone": loaded.backbone})
             register_method(name, origin=f"encoder file {path}")(row)
         names.append(name)
     return names
 
-
-def _resnet18_only(loaded: LoadedEncoder) -> LoadedEncoder:
-    if loaded.backbone != "resnet18":
-        raise CheckpointError(f"{loaded.mapping.get('path', 'the file')}: holds a {loaded.backbone} trunk "
-                              f"({loaded.format}); this version evaluates ResNet-18 encoders only (ResNet-50 is planned)")
-    return loaded

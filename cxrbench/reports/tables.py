@@ -35,6 +35,7 @@ TABLES = {
 PAPER_DATASET_ORDER = ("nih", "vindr", "rsna", "siim")  # the column order of the paper's tables
 DATASET_NAMES = {"nih": "NIH", "vindr": "VinDr-CXR", "rsna": "RSNA", "siim": "SIIM-ACR"}
 BASELINE_NAMES = {"sup2": "Sup.2 (ImageNet init)", "sup1": "Sup.1 (random init)"}
+BACKBONE_NAMES = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}
 
 
 class ReportError(ValueError):
@@ -103,9 +104,13 @@ def _record_row(path: Path, results_dir: Path) -> dict:
     if not isinstance(headline, str):
         raise TypeError(f"headline_metric is {headline!r}, expected a string")
     scores = {name: _score(metrics, name) for name in {"mean_auroc", "dice_per_image", headline}}
+    backbone = str(record.get("method_backbone", "resnet18"))
+    display_name = str(record.get("method_display_name", cell["method"]))
     return {
         "method": cell["method"],
-        "display_name": str(record.get("method_display_name", cell["method"])),
+        # a row of another trunk than the paper's ResNet-18 says so wherever its name appears
+        "display_name": display_name if backbone == "resnet18" else f"{display_name} [{BACKBONE_NAMES.get(backbone, backbone)}]",
+        "backbone": backbone,
         "is_baseline": bool(record.get("method_is_baseline", False)),
         "dataset": cell["dataset"],
         "protocol": cell["protocol"],
@@ -469,7 +474,22 @@ DEMONSTRATION_PROFILES = {"smoke": "smoke", "quick": "quick"}
 
 
 def profile_note(records: pd.DataFrame) -> str:
-    """A sentence for the captions of tables built from a demonstration profile's records."""
+    """Sentences for the captions of tables built from these records: a demonstration profile's,
+    and rows whose trunk is not the paper's ResNet-18."""
+    return _backbone_note(records) + _demonstration_note(records)
+
+
+def _backbone_note(records: pd.DataFrame) -> str:
+    others = sorted(set(records["backbone"]) - {"resnet18"}) if "backbone" in records else []
+    if not others:
+        return ""
+    names = ", ".join(f"[{BACKBONE_NAMES.get(name, name)}]" for name in others)
+    return (f" Rows marked {names} are encoder files of another trunk than the ResNet-18 of every other row: their "
+            f"deltas and tests against the baseline row measure the checkpoint and the backbone together "
+            f"(paired-tests.csv, column backbones).")
+
+
+def _demonstration_note(records: pd.DataFrame) -> str:
     profiles = set(records["profile"].dropna()) if "profile" in records else set()
     if not profiles or not profiles <= set(DEMONSTRATION_PROFILES):
         return ""

@@ -118,7 +118,11 @@ def test_bench_speed_measures_every_method_and_the_frozen_cache_in_one_json(caps
     frozen = report["frozen_cache"]
     assert frozen["speedup"] == pytest.approx(frozen["recomputed_total_seconds_estimated"] / frozen["cached_total_seconds"])
     assert "pretraining.optiml.images_per_second" in stdout and "frozen_cache.speedup" in stdout
-    assert report["sinkhorn"]["max_abs_plan_difference"] < 1e-6
+    # the solver at both widths OPTiML meets: d = 512 (ResNet-18) and 2048 (ResNet-50), each against POT
+    assert set(report["sinkhorn_by_width"]) == {"512", "2048"}
+    for width, figures in report["sinkhorn_by_width"].items():
+        assert figures["dim"] == int(width) and figures["batch"] == 4 and figures["max_abs_plan_difference"] < 1e-6
+    assert "sinkhorn[d=2048].speedup_vs_pot" in stdout
 
 
 def test_an_out_folder_that_permissions_allow_but_the_file_system_refuses_is_one_line(capsys):

@@ -209,3 +209,22 @@ def test_a_resnet50_file_is_a_row_of_its_own_trunk_in_every_protocol(tmp_path):
     # the U-Net's encoder is the file's trunk, key for key
     unet = build_unet({key: value for key, value in trunk.state_dict().items() if not key.startswith("fc.")})
     assert torch.equal(unet.encoder.layer4[2].conv3.weight, trunk.layer4[2].conv3.weight)
+
+
+def test_backbone_resnet50_pretrains_evaluates_and_exports_a_torchvision_resnet50(tmp_path, capsys):
+    """``bench run --backbone resnet50``: the method pretrains a ResNet-50, its records say so, its
+    encoder.pth loads into torchvision's resnet50, and a folder of ResNet-18 records refuses it."""
+    from cxrbench.benchmark.cli import main
+
+    out = tmp_path / "run"
+    common = ["run", "--methods", "simclr", "--protocol", "frozen", "--profile", "smoke", "--datasets", "phantom-nih",
+              "--fractions", "100", "--seeds", "0", "--out", str(out)]
+    assert main(common + ["--backbone", "resnet50"]) == 0
+    record = json.loads(next((out / "cells").glob("simclr__*.json")).read_text())
+    assert record["method_backbone"] == "resnet50" and record["config"]["profile"]["model"]["backbone"] == "resnet50"
+    encoder = torch.load(out / "pretrain" / "simclr__phantom-nih" / "encoder.pth", weights_only=True)
+    missing, unexpected = torchvision.models.resnet50(weights=None).load_state_dict(encoder, strict=False)
+    assert not unexpected and set(missing) == {"fc.weight", "fc.bias"}
+    capsys.readouterr()
+    assert main(common) == 2  # the profile's resnet18 into a folder of ResNet-50 records
+    assert "model.backbone" in capsys.readouterr().err

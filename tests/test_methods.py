@@ -218,3 +218,24 @@ def test_sup2_loads_an_exported_encoder_without_fc_and_names_a_wrong_file(tmp_pa
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(WeightsUnavailable, match="wrong.pth: not a ResNet-18 state dict"):
         cls(cls.resolve_hyperparameters({"weights_path": str(tmp_path / "wrong.pth")}))
+
+
+@pytest.mark.parametrize("name", SSL_METHODS + ["optiml"])
+def test_every_method_builds_its_heads_on_a_resnet50_trunk_and_trains_it(name):
+    """``model.backbone: resnet50``: the heads start from the trunk's 2,048 features, a step's
+    gradient reaches the trunk's last stage, and the exported encoder is torchvision's ResNet-50."""
+    cls = get_method(name)
+    method = cls(cls.resolve_hyperparameters(load_profile("smoke")["methods"].get(name, {})), backbone="resnet50")
+    assert method.backbone == "resnet50" and method.feature_dim == 2048
+    _, loss, _ = one_step(method, batch=4)
+    assert torch.isfinite(loss)
+    # the last stage's final BN: with zero_init_residual it is the gate that opens the branch
+    assert method.encoder.layer4[-1].bn3.weight.grad.abs().sum() > 0
+    # every head reads the 2,048 features: the first layer after the trunk takes 2,048 inputs
+    first_inputs = [module.in_features if isinstance(module, torch.nn.Linear) else module.in_channels
+                    for child_name, child in method.named_children() if not child_name.endswith("encoder")
+                    for module in child.modules() if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))][:1]
+    assert first_inputs == [2048], first_inputs
+    reference = torchvision.models.resnet50(weights=None)
+    missing, unexpected = reference.load_state_dict(method.export_encoder(), strict=False)
+    assert not unexpected and set(missing) == {"fc.weight", "fc.bias"}

@@ -208,7 +208,7 @@ def command_run(args) -> int:
     from cxrbench.benchmark.protocol_registry import BUILT_IN, PROTOCOLS, protocol_config
     from cxrbench.benchmark.comparisons import write_paired_tests
     from cxrbench.benchmark.pretrain import TrainingOptions
-    from cxrbench.benchmark.runner import Runner, method_hyperparameters, plan_cells
+    from cxrbench.benchmark.runner import Runner, method_hyperparameters, plan_cells, run_backbone
     from cxrbench.distributed import init_from_environment, sum_across_processes
     from cxrbench.distributed import world as current_world
     from cxrbench.datasets import DATASETS, available_datasets
@@ -262,6 +262,8 @@ def command_run(args) -> int:
     if args.pretrain_dataset:
         _check_choices("pretraining dataset", [args.pretrain_dataset], available_datasets())
         profile["pretrain"]["dataset"] = args.pretrain_dataset
+    if args.backbone:
+        profile.setdefault("model", {})["backbone"] = args.backbone
     for key, value in (("precision", args.precision), ("channels_last", args.channels_last or None),
                        ("sync_batchnorm", args.sync_batchnorm or None), ("augment_on", args.augment_on)):
         if value is not None:  # a flag that was given overrides the profile
@@ -303,7 +305,8 @@ def command_run(args) -> int:
              for cell in plan_cells(methods, datasets, [protocol], fractions, seeds)]
     plan = "; ".join(f"{protocol} on {', '.join(datasets) or 'no dataset'}" for protocol, datasets in datasets_by_protocol.items())
     say = print if world.is_main else (lambda *_, **__: None)
-    unavailable = {name: get_method(name).unavailable_reason(method_hyperparameters(profile, name)) for name in methods}
+    unavailable = {name: get_method(name).unavailable_reason(method_hyperparameters(profile, name), run_backbone(profile))
+                   for name in methods}
     cannot_run = [cell for cell in cells if unavailable[cell.method]]
     have_record = sum(1 for cell in cells if not unavailable[cell.method] and (out_dir / "cells" / f"{cell.record_name}.json").is_file())
     to_run = len(cells) - len(cannot_run) - have_record
@@ -521,8 +524,17 @@ def command_speed(args) -> int:
     channels_last = {"auto": on_gpu or bool(profile["pretrain"].get("channels_last")), "on": True, "off": False}[args.channels_last]
     profile["pretrain"].update(precision=precision, channels_last=channels_last)
     report = {"machine": speed.machine()}
-    print(f"bench speed: Sinkhorn solver on {device} against POT ot.solve_batch (CPU) and the memory floor ...", flush=True)
-    report["sinkhorn"] = speed.sinkhorn_benchmark(batch=args.batch_size, iterations=args.iterations, device=device)
+    if args.backbone:
+        profile.setdefault("model", {})["backbone"] = args.backbone
+    widths = _csv(args.solver_widths)
+    if not widths or not all(width.isdigit() and int(width) > 0 for width in widths):
+        raise CliError(f"--solver-widths {args.solver_widths!r}: expected comma-separated positive whole numbers, e.g. 512,2048")
+    report["sinkhorn_by_width"] = {}
+    for width in map(int, widths):
+        print(f"bench speed: Sinkhorn solver, {args.batch_size} problems of {width} x {width}, on {device} against POT "
+              f"ot.solve_batch (CPU) and the memory floor ...", flush=True)
+        report["sinkhorn_by_width"][str(width)] = speed.sinkhorn_benchmark(
+            batch=args.batch_size, dim=width, iterations=args.iterations, device=device)
     print("bench speed: prepared uint8 array against per-sample PNG decoding ...", flush=True)
     report["loader"] = speed.loader_benchmark()
     print(f"bench speed: frozen protocol, cached features against recomputing them ({args.profile} profile) ...", flush=True)
@@ -590,7 +602,9 @@ def _speed_rows(report: dict) -> list[tuple[str, str]]:
         return f"{value:.4g}" if isinstance(value, float) else value
 
     rows = []
-    for section in ("sinkhorn", "loader", "frozen_cache"):
+    for width, figures in report.get("sinkhorn_by_width", {}).items():
+        rows += [(f"sinkhorn[d={width}].{key}", shown(value)) for key, value in figures.items()]
+    for section in ("loader", "frozen_cache"):
         rows += [(f"{section}.{key}", shown(value)) for key, value in report.get(section, {}).items()]
     pretraining = report.get("pretraining")
     if pretraining:
@@ -632,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="directory holding prepared real datasets (DATA_ROOT/nih, DATA_ROOT/siim ...) "
                                          "written by `bench prepare`; default: the profile's data.root")
     run.add_argument("--pretrain-dataset", help="dataset the SSL methods pretrain on; default: the profile's (phantom-nih)")
+    run.add_argument("--backbone", choices=["resnet18", "resnet50"],
+                     help="trunk every method pretrains and every protocol evaluates; default: the profile's model.backbone "
+                          "(resnet18, the paper's). An --encoder row keeps its file's trunk")
     run.add_argument("--fractions", help="label fractions in percent, e.g. 1,10,100; default: the profile's")
     run.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1; default: the profile's")
     run.add_argument("--profile", default="quick", help="smoke, quick or paper (see `bench list profiles`); default: quick")
@@ -735,6 +752,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_speed.add_argument("--profile", default="quick", help="image size, batch and frozen-probe settings of the "
                                                                 "pretraining and frozen benchmarks; default: quick")
     bench_speed.add_argument("--skip-step", action="store_true", help="leave out the per-method pretraining steps")
+    bench_speed.add_argument("--backbone", choices=["resnet18", "resnet50"],
+                             help="trunk of the pretraining steps; default: the profile's model.backbone (resnet18)")
+    bench_speed.add_argument("--solver-widths", default="512,2048",
+                             help="feature widths d of the B x d x d Sinkhorn problems: 512 is OPTiML at ResNet-18, 2048 at "
+                                  "ResNet-50; default: 512,2048")
     bench_speed.add_argument("--device", default="auto", help="device of the training steps: auto, cpu, cuda")
     bench_speed.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                              help="autocast of the pretraining steps; default auto: bf16 on a GPU that has it, else the profile's")

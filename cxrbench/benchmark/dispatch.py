@@ -28,7 +28,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from cxrbench.benchmark.lease import PretrainingInProgressError
-from cxrbench.benchmark.runner import Cell, Runner
+from cxrbench.benchmark.runner import Cell, Runner, run_backbone
 from cxrbench.methods import get_method
 
 def _job_device(device: str, threads: int):
@@ -196,7 +196,7 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
         waiting.setdefault(cell.method, []).append(cell)
     for method in list(waiting):
         method_cls = get_method(method)
-        reason = method_cls.unavailable_reason(runner.hyperparameters(method))
+        reason = method_cls.unavailable_reason(runner.hyperparameters(method), run_backbone(runner.profile))
         if reason:
             result.missing[method] = reason
             echo(f"{method}: {len(waiting.pop(method))} cell(s) not run: {reason}")

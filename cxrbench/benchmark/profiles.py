@@ -7,6 +7,8 @@ from pathlib import Path
 import yaml
 from mmengine.config import Config
 
+from cxrbench.methods.backbone import BACKBONES
+
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
 
@@ -66,6 +68,7 @@ COUNTS = {"batch_size", "max_steps", "eval_every", "image_size", "bootstrap_resa
 # keys that must be above 0 (counts aside): durations and rates
 POSITIVE = {"epochs", "learning_rate"}
 NON_NEGATIVE = {"weight_decay", "phantom_seed"}
+CHOICES = {"backbone": tuple(BACKBONES)}  # keys with a fixed set of values
 NULLABLE = {"max_steps", "patience", "root"}  # null: no step cap, no early stopping, no data root
 
 
@@ -89,6 +92,8 @@ def _check_value(key: str, current, value) -> None:
             raise ValueError(f"--set {key}={value!r}: expected a {type(current).__name__} like {current!r}")
     if value is None:
         return
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ValueError(f"--set {key}={value!r}: expected one of {', '.join(CHOICES[name])}")
     if name in COUNTS and (not _is_number(value) or value != int(value) or value < (0 if name in NON_NEGATIVE else 1)):
         raise ValueError(f"--set {key}={value!r}: expected a whole number of at least {0 if name in NON_NEGATIVE else 1}")
     if name in POSITIVE and (not _is_number(value) or value <= 0):

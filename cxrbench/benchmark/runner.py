@@ -49,6 +49,11 @@ def method_hyperparameters(profile: dict, name: str):
     return cls.resolve_hyperparameters(overrides)
 
 
+def run_backbone(profile: dict) -> str:
+    """The run's trunk, ``model.backbone`` (ResNet-18 in run folders made before the key existed)."""
+    return (profile.get("model") or {}).get("backbone", "resnet18")
+
+
 def _read_stored_encoder(directory: Path):
     try:
         return torch.load(directory / "encoder.pth", map_location="cpu", weights_only=True), read_json(directory / "record.json")
@@ -233,7 +238,7 @@ class Runner:
         return method_hyperparameters(self.profile, name)
 
     def build_method(self, name: str) -> Method:
-        return get_method(name)(self.hyperparameters(name))
+        return get_method(name)(self.hyperparameters(name), backbone=run_backbone(self.profile))
 
     def encoder_is_stored(self, method_name: str) -> bool:
         directory = self.pretrain_dir(method_name, self.profile["pretrain"]["dataset"])
@@ -361,7 +366,8 @@ class Runner:
             by_method.setdefault(cell.method, []).append(cell)
         # this rank's share of each method's cells (all of them in one process)
         mine = {method: method_cells[world().rank :: world().size] for method, method_cells in by_method.items()}
-        unavailable = {name: get_method(name).unavailable_reason(self.hyperparameters(name)) for name in by_method}
+        unavailable = {name: get_method(name).unavailable_reason(self.hyperparameters(name), run_backbone(self.profile))
+                       for name in by_method}
         runnable = [name for name in by_method if not unavailable[name]]
         total = sum(len(mine[name]) for name in runnable)
         progress = tqdm(total=total, desc="cells", unit="cell", disable=None if world().is_main else True)
@@ -451,7 +457,7 @@ class Runner:
             "method_is_baseline": method_cls.is_baseline,
             "method_ablation": getattr(method_cls, "ablation", None),  # Table III switches, if any
             "method_provenance": method_cls.provenance(),  # an encoder row's file: SHA-256, format, key mapping
-            "method_backbone": method_cls.backbone,
+            "method_backbone": method_cls.trunk(run_backbone(self.profile)),
             "pretrain_dataset": pretrain_record["pretrain_dataset"] if pretrain_record else None,
             "task": dataset.task,
             "label_columns": dataset.label_columns,

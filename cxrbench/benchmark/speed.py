@@ -98,7 +98,7 @@ def pretraining_benchmark(profile: dict, repeats: int = 2, device: str = "cpu", 
     ``repeats`` after one warm-up step each.
     """
     from cxrbench.benchmark.pretrain import StepRunner, TrainingOptions
-    from cxrbench.benchmark.runner import method_hyperparameters
+    from cxrbench.benchmark.runner import method_hyperparameters, run_backbone
     from cxrbench.methods import available_methods, get_method
 
     settings = profile["pretrain"]
@@ -108,7 +108,7 @@ def pretraining_benchmark(profile: dict, repeats: int = 2, device: str = "cpu", 
     torch_device = torch.device(device)
     host_images = torch.randint(0, 256, (4 * batch, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     views_on = torch_device if options.augment_on == "device" else torch.device("cpu")
-    results: dict = {"profile": profile["name"], "image_size": size, "batch": batch, "device": device,
+    results: dict = {"profile": profile["name"], "backbone": run_backbone(profile), "image_size": size, "batch": batch, "device": device,
                      "precision": options.precision, "channels_last": options.channels_last,
                      "augment_on": options.augment_on, "methods": {}}
 
@@ -118,7 +118,7 @@ def pretraining_benchmark(profile: dict, repeats: int = 2, device: str = "cpu", 
 
     for name in names:
         torch.manual_seed(0)
-        method = get_method(name)(method_hyperparameters(profile, name)).train()
+        method = get_method(name)(method_hyperparameters(profile, name), backbone=run_backbone(profile)).train()
         step_runner = StepRunner(method, torch_device, options)
         optimizer = method.build_optimizer(batch)
         generator = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""The ResNet-18 encoder every method trains, and how a radiograph enters it.
+"""The ResNet encoder every method trains (ResNet-18, the paper's, or ResNet-50), and how a radiograph enters it.
 
 Single-channel radiographs are handled in one way everywhere: the grey channel is repeated
 to three channels and normalised with the ImageNet statistics. That keeps the encoder a
@@ -17,32 +17,34 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FEATURE_DIM = 512  # ResNet-18's, the paper's backbone and every built-in method's
 # the trunks the suite can hold: torchvision constructor and pooled feature width
 BACKBONES = {"resnet18": (torchvision.models.resnet18, 512), "resnet50": (torchvision.models.resnet50, 2048)}
+BACKBONE_NAMES = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}
 
 
 class WeightsUnavailable(RuntimeError):
     """Pretrained weights that cannot be loaded on this machine (offline, no cached file)."""
 
 
-IMAGENET_WEIGHTS = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+# torchvision's ImageNet weights of each trunk (V1: the weights the SSL literature compares against)
+IMAGENET_WEIGHTS = {"resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+                    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1}
 
 
-def imagenet_weights_file() -> Path:
-    """Where torchvision keeps (or would download) the ResNet-18 ImageNet weights."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_WEIGHTS.url).name
+def imagenet_weights_file(backbone: str = "resnet18") -> Path:
+    """Where torchvision keeps (or would download) a backbone's ImageNet weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_WEIGHTS[backbone].url).name
 
 
-def imagenet_weights_missing(weights_path: str | None) -> str | None:
+def imagenet_weights_missing(weights_path: str | None, backbone: str = "resnet18") -> str | None:
     """Why the ImageNet weights cannot be loaded here, or None if they can."""
     if weights_path:
         return None if Path(weights_path).is_file() else f"ImageNet weights file {weights_path} does not exist"
-    if imagenet_weights_file().is_file():
+    if imagenet_weights_file(backbone).is_file():
         return None
-    return (f"ResNet-18 ImageNet weights are not in the torch hub cache ({imagenet_weights_file()}) and no "
+    return (f"{BACKBONE_NAMES[backbone]} ImageNet weights are not in the torch hub cache ({imagenet_weights_file(backbone)}) and no "
             f"weights_path is set; download them once where there is network access "
-            f"(python -c 'import torchvision; torchvision.models.resnet18(weights=\"IMAGENET1K_V1\")') "
+            f"(python -c 'import torchvision; torchvision.models.{backbone}(weights=\"IMAGENET1K_V1\")') "
             f"or set --set methods.<name>.weights_path=FILE")
 
 
@@ -59,37 +61,33 @@ def feature_dim(backbone: str) -> int:
     return BACKBONES[backbone][1]
 
 
-def resnet_encoder(backbone: str, state_dict: dict | None = None) -> nn.Module:
-    """A torchvision ResNet of ``backbone`` with ``fc`` replaced by identity, loaded key for key from
-    ``state_dict`` (every trunk key, no other; ``fc.*`` is never used here) when one is given."""
+def resnet_encoder(backbone: str = "resnet18", state_dict: dict | None = None, init: str = "random",
+                   weights_path: str | None = None, zero_init_residual: bool = False) -> nn.Module:
+    """A torchvision ResNet (``backbone``) with ``fc`` replaced by identity: images -> (B, 512 or
+    2048) features.
+
+    ``state_dict``: a trunk to load key for key (every trunk key, no other; ``fc.*`` is never used
+    here). ``init="imagenet"`` loads torchvision's ImageNet weights, from ``weights_path`` if given,
+    else through torchvision's weights API, which reads its hub cache and only downloads when the
+    file is not there. ``zero_init_residual`` starts the last BatchNorm of every residual block at
+    zero scale, so each block begins as the identity (official SimSiam and VICReg build their
+    ResNets so); loaded weights overwrite it.
+    """
     feature_dim(backbone)  # an unknown name is an error here
-    model = BACKBONES[backbone][0](weights=None)
-    model.fc = nn.Identity()
+    model = BACKBONES[backbone][0](weights=None, zero_init_residual=zero_init_residual)
     if state_dict is not None:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        missing = [key for key in missing if not key.startswith("fc.")]
         if missing or unexpected:
             raise ValueError(f"encoder state dict does not match {backbone}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model
-
-
-def resnet18_encoder(init: str = "random", weights_path: str | None = None, zero_init_residual: bool = False) -> nn.Module:
-    """torchvision ResNet-18 with ``fc`` replaced by identity: images -> (B, 512) features.
-
-    ``init="imagenet"`` loads torchvision's ImageNet weights, from ``weights_path`` if given,
-    else through torchvision's weights API, which reads its hub cache and only downloads
-    when the file is not there. ``zero_init_residual`` starts the last BatchNorm of every
-    residual block at zero scale, so each block begins as the identity (official SimSiam and
-    VICReg build their ResNets so); ImageNet weights overwrite it.
-    """
-    model = torchvision.models.resnet18(weights=None, zero_init_residual=zero_init_residual)
-    if init == "imagenet":
-        reason = imagenet_weights_missing(weights_path)
+    elif init == "imagenet":
+        reason = imagenet_weights_missing(weights_path, backbone)
         if reason:
             raise WeightsUnavailable(reason)
         if weights_path:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
         else:
-            state = IMAGENET_WEIGHTS.get_state_dict(progress=False, check_hash=True)
+            state = IMAGENET_WEIGHTS[backbone].get_state_dict(progress=False, check_hash=True)
         # an exported encoder.pth has no fc.*: the classifier head is never used here
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
@@ -97,7 +95,7 @@ def resnet18_encoder(init: str = "random", weights_path: str | None = None, zero
             missing, unexpected = [(str(error).strip().splitlines() or ["shape mismatch"])[-1].strip()], []
         wrong = [key for key in missing if not key.startswith("fc.")] + list(unexpected)
         if wrong:
-            raise WeightsUnavailable(f"{weights_path or IMAGENET_WEIGHTS.url}: not a ResNet-18 state dict "
+            raise WeightsUnavailable(f"{weights_path or IMAGENET_WEIGHTS[backbone].url}: not a {BACKBONE_NAMES[backbone]} state dict "
                                      f"({len(wrong)} missing or unexpected key(s), first {wrong[:3]})")
     elif init != "random":
         raise ValueError(f"unknown encoder initialisation {init!r}; expected 'random' or 'imagenet'")

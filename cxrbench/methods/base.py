@@ -7,7 +7,9 @@ The runner never branches on a method's name. It asks a method for
 * ``training_step(views)``  the loss and a dict of scalar logs;
 * ``build_optimizer(...)`` its optimiser (official choice: LARS, SGD, Adam ...);
 * ``after_optimizer_step(progress)``  hooks such as momentum-encoder updates;
-* ``encoder``             the torchvision ResNet-18 trunk it trains and exports;
+* ``encoder``             the torchvision ResNet trunk it trains and exports (``backbone``:
+  ResNet-18 by default, the paper's; ResNet-50 with ``model.backbone``), whose pooled width
+  ``feature_dim`` (512 or 2048) its heads are built from;
 * ``unavailable_reason``  why it cannot run here (weights it cannot load), if so;
 * ``checkpoint_state()`` / ``load_checkpoint_state()``  everything a resumed pretraining
   needs: parameters, *all* buffers (lightly's queues are non-persistent buffers, absent
@@ -32,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cxrbench.methods.backbone import encoder_state_dict, imagenet_weights_missing, resnet18_encoder, resnet_encoder
+from cxrbench.methods.backbone import encoder_state_dict, feature_dim, imagenet_weights_missing, resnet_encoder
 
 
 class Method(nn.Module):
@@ -65,18 +67,23 @@ class Method(nn.Module):
     # how often the runner's warm-up + cosine schedule moves the learning rate: "step" (most
     # official code) or "epoch" (official SimSiam and PCRLv2 set it once per epoch)
     lr_schedule_unit: ClassVar[str] = "step"
-    # the trunk: every built-in method trains the paper's ResNet-18; an encoder row takes its
-    # file's ("resnet50" for most published checkpoints)
+    # the trunk when the run names none: the paper's ResNet-18 (the run's ``model.backbone``
+    # chooses per run; an encoder row's file fixes its own)
     backbone: ClassVar[str] = "resnet18"
 
-    def __init__(self, hyperparameters: Any | None = None):
+    def __init__(self, hyperparameters: Any | None = None, backbone: str | None = None):
         super().__init__()
         self.hparams = hyperparameters if hyperparameters is not None else self.Hyperparameters()
-        if self.backbone == "resnet18":
-            self.encoder = resnet18_encoder(getattr(self.hparams, "encoder_init", "random"), getattr(self.hparams, "weights_path", None),
-                                            zero_init_residual=self.zero_init_residual)
-        else:  # an encoder row of another trunk: its weights come from its file
-            self.encoder = resnet_encoder(self.backbone)
+        self.backbone = type(self).trunk(backbone)
+        self.feature_dim = feature_dim(self.backbone)  # the pooled width every head starts from
+        self.encoder = resnet_encoder(self.backbone, init=getattr(self.hparams, "encoder_init", "random"),
+                                      weights_path=getattr(self.hparams, "weights_path", None),
+                                      zero_init_residual=self.zero_init_residual)
+
+    @classmethod
+    def trunk(cls, requested: str | None) -> str:
+        """The backbone this method runs on when the run asks for ``requested`` (None: its default)."""
+        return requested or cls.backbone
 
     @classmethod
     def resolve_hyperparameters(cls, overrides: dict | None) -> Any:
@@ -107,14 +114,14 @@ class Method(nn.Module):
         return None
 
     @classmethod
-    def unavailable_reason(cls, hyperparameters: Any) -> str | None:
+    def unavailable_reason(cls, hyperparameters: Any, backbone: str = "resnet18") -> str | None:
         """Why this method cannot run on this machine (e.g. weights it cannot load), or None.
 
         The runner reports such a method's cells as missing, with this reason, and never
         replaces it by something else.
         """
         if getattr(hyperparameters, "encoder_init", "random") == "imagenet":
-            return imagenet_weights_missing(getattr(hyperparameters, "weights_path", None))
+            return imagenet_weights_missing(getattr(hyperparameters, "weights_path", None), backbone)
         return None
 
     def export_encoder(self) -> dict[str, torch.Tensor]:

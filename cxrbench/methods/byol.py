@@ -49,6 +49,8 @@ p 0.8, greyscale p 0.2, blur p 1.0 / 0.1, solarisation p 0.0 / 0.2.
 
 Deviations and why
 ------------------
+* ResNet-50 (``model.backbone: resnet50``, ``bench run --backbone resnet50``): the projector is
+  2048-4096-256, the official ResNet-50 values.
 * ResNet-18, batch 64, 300 epochs: the OPTiML paper's protocol for all baselines.
 * The projector's first linear layer has no bias (lightly): BatchNorm follows it and
   removes any constant shift, so the bias is redundant; it only differs in being a
@@ -72,7 +74,7 @@ from cxrbench.methods.lars import LARS
 from torch import nn
 
 from cxrbench.methods.augment import ViewRecipe, augment
-from cxrbench.methods.backbone import FEATURE_DIM, resnet18_encoder, to_model_input
+from cxrbench.methods.backbone import resnet_encoder, to_model_input
 from cxrbench.methods.base import Method, split_weight_decay
 from cxrbench.methods.momentum import cosine_momentum, update_momentum
 from cxrbench.methods.registry import register_method
@@ -112,15 +114,15 @@ class BYOL(Method):
     Hyperparameters = BYOLHyperparameters
     checkpoint_attributes = ("target_momentum",)
 
-    def __init__(self, hyperparameters: BYOLHyperparameters | None = None):
-        super().__init__(hyperparameters)
+    def __init__(self, hyperparameters: BYOLHyperparameters | None = None, backbone: str | None = None):
+        super().__init__(hyperparameters, backbone)
         hp = self.hparams
-        self.projection_head = byol_mlp(FEATURE_DIM, hp.hidden_dim, hp.projection_dim)
+        self.projection_head = byol_mlp(self.feature_dim, hp.hidden_dim, hp.projection_dim)
         self.prediction_head = byol_mlp(hp.projection_dim, hp.hidden_dim, hp.projection_dim)
         # official: the target network is initialised on its own (its own random key), not
         # copied from the online network; from then on it only follows it by EMA
-        self.target_encoder = resnet18_encoder(zero_init_residual=self.zero_init_residual)
-        self.target_projection_head = byol_mlp(FEATURE_DIM, hp.hidden_dim, hp.projection_dim)
+        self.target_encoder = resnet_encoder(self.backbone, zero_init_residual=self.zero_init_residual)
+        self.target_projection_head = byol_mlp(self.feature_dim, hp.hidden_dim, hp.projection_dim)
         deactivate_requires_grad(self.target_encoder)
         deactivate_requires_grad(self.target_projection_head)
         self.target_momentum = hp.base_momentum

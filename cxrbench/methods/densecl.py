@@ -58,6 +58,8 @@ Views (official, MoCo v2's, same for both): RandomResizedCrop(scale 0.2-1), Colo
 
 Deviations and why
 ------------------
+* ResNet-50 (``model.backbone: resnet50``, ``bench run --backbone resnet50``): the global and
+  dense heads are 2048-2048-128, the official ResNet-50 values.
 * ``queue_size`` and ``momentum`` (quick, smoke): shortened as in MoCo v2 (small data, few steps).
 * 64 px input gives a 2x2 grid: the dense loss then matches 4 positions per image; it is the
   quick profile's price for CPU speed. The paper profile uses 224 px (7x7).
@@ -79,7 +81,7 @@ from lightly.models.modules.memory_bank import MemoryBankModule
 from torch import nn
 
 from cxrbench.methods.augment import ViewRecipe, augment
-from cxrbench.methods.backbone import FEATURE_DIM, dense_features, to_model_input
+from cxrbench.methods.backbone import dense_features, to_model_input
 from cxrbench.methods.base import Method
 from cxrbench.methods.mocov2 import MoCoV2Hyperparameters, moco_sgd
 from cxrbench.methods.momentum import momentum_copy, shuffle_bn_forward, update_momentum
@@ -143,12 +145,12 @@ class DenseCL(Method):
     Hyperparameters = DenseCLHyperparameters
     lr_schedule_unit = "epoch"  # official: mmcv's CosineAnnealing lr hook, by epoch
 
-    def __init__(self, hyperparameters: DenseCLHyperparameters | None = None):
-        super().__init__(hyperparameters)
+    def __init__(self, hyperparameters: DenseCLHyperparameters | None = None, backbone: str | None = None):
+        super().__init__(hyperparameters, backbone)
         hp = self.hparams
-        self.global_head = MoCoProjectionHead(FEATURE_DIM, FEATURE_DIM, hp.projection_dim)
+        self.global_head = MoCoProjectionHead(self.feature_dim, self.feature_dim, hp.projection_dim)
         kaiming_init_linears(self.global_head)
-        self.dense_head = DenseHead(FEATURE_DIM, FEATURE_DIM, hp.projection_dim)
+        self.dense_head = DenseHead(self.feature_dim, self.feature_dim, hp.projection_dim)
         self.key_encoder = momentum_copy(self.encoder)
         self.key_global_head = momentum_copy(self.global_head)
         self.key_dense_head = momentum_copy(self.dense_head)

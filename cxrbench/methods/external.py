@@ -38,11 +38,15 @@ class EncoderRow(Method):
     listed_in_all = False  # `--methods all` is the registry's methods; encoder rows are named
     loaded: ClassVar[LoadedEncoder | None] = None
 
-    def __init__(self, hyperparameters=None):
-        super().__init__(hyperparameters)
+    def __init__(self, hyperparameters=None, backbone: str | None = None):
+        super().__init__(hyperparameters, backbone)
         loaded = self.loaded or load_encoder_checkpoint(self.hparams.path)
         with torch.no_grad():
             self.encoder.load_state_dict(loaded.state_dict, strict=False)  # fc is the identity here
+
+    @classmethod
+    def trunk(cls, requested: str | None) -> str:
+        return cls.backbone  # the file's, whatever the run's model.backbone: the row is that checkpoint
 
     @classmethod
     def provenance(cls) -> dict:

@@ -38,6 +38,8 @@ Views (official ``aug-plus``): RandomResizedCrop(224, scale 0.2-1), ColorJitter(
 
 Deviations and why
 ------------------
+* ResNet-50 (``model.backbone: resnet50``, ``bench run --backbone resnet50``): the head is
+  2048-2048-128, the official ResNet-50 values.
 * ``queue_size`` (quick, smoke): 65,536 keys are 5% of ImageNet; on a small phantom a queue
   that long would hold keys many epochs old from a changing encoder, so the short profiles
   cut it below their training-set size (a multiple of the batch).
@@ -64,7 +66,7 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import MoCoProjectionHead
 
 from cxrbench.methods.augment import ViewRecipe, augment
-from cxrbench.methods.backbone import FEATURE_DIM, to_model_input
+from cxrbench.methods.backbone import to_model_input
 from cxrbench.methods.base import Method
 from cxrbench.methods.momentum import momentum_copy, shuffle_bn_forward, update_momentum
 from cxrbench.methods.registry import register_method
@@ -99,10 +101,10 @@ class MoCoV2(Method):
     Hyperparameters = MoCoV2Hyperparameters
     lr_schedule_unit = "epoch"  # official main_moco.py --cos: adjust_learning_rate once per epoch
 
-    def __init__(self, hyperparameters: MoCoV2Hyperparameters | None = None):
-        super().__init__(hyperparameters)
+    def __init__(self, hyperparameters: MoCoV2Hyperparameters | None = None, backbone: str | None = None):
+        super().__init__(hyperparameters, backbone)
         hp = self.hparams
-        self.projection_head = MoCoProjectionHead(FEATURE_DIM, FEATURE_DIM, hp.projection_dim)
+        self.projection_head = MoCoProjectionHead(self.feature_dim, self.feature_dim, hp.projection_dim)
         self.key_encoder = momentum_copy(self.encoder)
         self.key_projection_head = momentum_copy(self.projection_head)
         self.criterion = NTXentLoss(temperature=hp.temperature, memory_bank_size=(hp.queue_size, hp.projection_dim),

@@ -101,7 +101,7 @@ from torch import nn
 
 from cxrbench.distributed import gather_with_gradients
 from cxrbench.methods.augment import ViewRecipe, augment
-from cxrbench.methods.backbone import FEATURE_DIM, dense_features, to_model_input
+from cxrbench.methods.backbone import dense_features, to_model_input
 from cxrbench.methods.base import Method, split_weight_decay
 from cxrbench.methods.registry import register_method, register_method_group
 from cxrbench.methods.sinkhorn import entropic_transport
@@ -135,7 +135,7 @@ class CVSIM(nn.Module):
     v = W_v g_other.
     """
 
-    def __init__(self, dim: int = FEATURE_DIM, heads: int = 8):
+    def __init__(self, dim: int = 512, heads: int = 8):
         super().__init__()
         if dim % heads:
             raise ValueError(f"CV-SIM: {dim} channels do not split into {heads} heads")
@@ -194,11 +194,11 @@ class OPTiML(Method):
                 raise ValueError(f"{cls.name}: {name} is fixed to {value} by this ablation variant")
         return super().resolve_hyperparameters({**(overrides or {}), **cls.forced_hyperparameters})
 
-    def __init__(self, hyperparameters: OPTiMLHyperparameters | None = None):
-        super().__init__(hyperparameters)
+    def __init__(self, hyperparameters: OPTiMLHyperparameters | None = None, backbone: str | None = None):
+        super().__init__(hyperparameters, backbone)
         hp = self.hparams
-        self.expander = VICRegProjectionHead(FEATURE_DIM, hp.expander_dim, hp.expander_dim, num_layers=3)
-        self.cvsim = CVSIM(FEATURE_DIM, hp.cvsim_heads) if hp.use_cvsim else None
+        self.expander = VICRegProjectionHead(self.feature_dim, hp.expander_dim, hp.expander_dim, num_layers=3)
+        self.cvsim = CVSIM(self.feature_dim, hp.cvsim_heads) if hp.use_cvsim else None
         self.views = (
             ViewRecipe(crop_scale=hp.crop_scale, blur_probability=1.0, solarize_probability=0.0),
             ViewRecipe(crop_scale=hp.crop_scale, blur_probability=0.1, solarize_probability=0.2),

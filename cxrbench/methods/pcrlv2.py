@@ -56,6 +56,8 @@ epochs                 240                     the profile's
 
 Deviations and why
 ------------------
+* ResNet-50 (``model.backbone: resnet50``, ``bench run --backbone resnet50``): the decoder's first
+  block takes the 2,048 stride-32 channels (the official 2D code builds ResNet-18 only).
 * Random encoder initialisation: every SSL baseline in the OPTiML protocol starts from
   random weights (the ImageNet start is the Sup.2 row's role); ``encoder_init: imagenet``
   restores the official choice where the weights are available.
@@ -203,10 +205,10 @@ class PCRLv2(Method):
     lr_schedule_unit = "epoch"  # official train_2d.py: cosine over epochs
     checkpoint_attributes = ("beta", "scale_rng")
 
-    def __init__(self, hyperparameters: PCRLv2Hyperparameters | None = None):
-        super().__init__(hyperparameters)
+    def __init__(self, hyperparameters: PCRLv2Hyperparameters | None = None, backbone: str | None = None):
+        super().__init__(hyperparameters, backbone)
         hp = self.hparams
-        self.decoder = Decoder()
+        self.decoder = Decoder(self.feature_dim)  # from the stride-32 features: 512 (R18) or 2048 (R50)
         self.criterion = NegativeCosineSimilarity()
         self.beta = 1.0
         self.global_view = ViewRecipe(crop_scale=hp.global_crop_scale, rotation_degrees=hp.rotation_degrees,

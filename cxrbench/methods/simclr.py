@@ -46,6 +46,8 @@ sigma 0.1-2.0), the same recipe for both views.
 
 Deviations and why
 ------------------
+* ResNet-50 (``model.backbone: resnet50``, ``bench run --backbone resnet50``): the projection head
+  is 2048-2048-128 (hidden = the backbone's width), the official ResNet-50 values.
 * ResNet-18, batch 64, 300 epochs: the OPTiML paper's protocol for all baselines. The hidden
   width of the head follows the backbone's feature width (512), as the official head does.
 * The v1 head (2 layers), as the SimCLR paper; the repository's default since v2 is 3
@@ -75,7 +77,7 @@ from torch import nn
 from cxrbench.methods.lars import LARS
 
 from cxrbench.methods.augment import ViewRecipe, augment
-from cxrbench.methods.backbone import FEATURE_DIM, to_model_input
+from cxrbench.methods.backbone import to_model_input
 from cxrbench.methods.base import Method, split_weight_decay
 from cxrbench.methods.registry import register_method
 
@@ -112,10 +114,10 @@ class SimCLR(Method):
     description = "Contrastive NT-Xent with in-batch negatives (Chen et al. 2020), lightly loss + official-form LARS"
     Hyperparameters = SimCLRHyperparameters
 
-    def __init__(self, hyperparameters: SimCLRHyperparameters | None = None):
-        super().__init__(hyperparameters)
+    def __init__(self, hyperparameters: SimCLRHyperparameters | None = None, backbone: str | None = None):
+        super().__init__(hyperparameters, backbone)
         hp = self.hparams
-        self.projection_head = simclr_v1_head(FEATURE_DIM, hp.projection_dim)
+        self.projection_head = simclr_v1_head(self.feature_dim, hp.projection_dim)
         self.criterion = NTXentLoss(temperature=hp.temperature, gather_distributed=True)
         strength = 0.8 * hp.jitter_strength
         self.view = ViewRecipe(crop_scale=hp.crop_scale, brightness=strength, contrast=strength, blur_probability=0.5)

@@ -18,7 +18,7 @@ every hyperparameter under every profile, read from the profile files (so it can
 hyperparameter         official                          ours (default)
 =====================  ================================  ================================
 backbone               ResNet-50, zero_init_residual     ResNet-18, zero_init_residual
-projector              f-f-2048 with f the backbone's    512-512-2048 (f = 512),
+projector              f-f-2048 with f the backbone's    f-f-2048 (f = 512; 2048 at R50),
                        width (2048-2048-2048), BN on     BN on every layer, the last
                        every layer, the last without     without affine
                        affine
@@ -38,6 +38,8 @@ p 0.8, greyscale p 0.2, GaussianBlur(0.1-2.0) p 0.5, flip, the same for both vie
 
 Deviations and why
 ------------------
+* ResNet-50 (``model.backbone: resnet50``, ``bench run --backbone resnet50``): the projector is
+  2048-2048-2048 and the predictor 2048-512-2048, the official ResNet-50 values.
 * ResNet-18, batch 64, 300 epochs: the OPTiML paper's protocol for all baselines.
 * The projector's last linear layer has no bias (lightly); the official one has a bias that
   it freezes (``requires_grad=False``) and an affine-free BN after it: the same function.
@@ -58,7 +60,7 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectionHead
 
 from cxrbench.methods.augment import ViewRecipe, augment
-from cxrbench.methods.backbone import FEATURE_DIM, to_model_input
+from cxrbench.methods.backbone import to_model_input
 from cxrbench.methods.base import Method
 from cxrbench.methods.registry import register_method
 
@@ -66,7 +68,7 @@ from cxrbench.methods.registry import register_method
 @dataclass
 class SimSiamHyperparameters:
     projection_dim: int = 2048
-    projection_hidden_dim: int = FEATURE_DIM  # official: the backbone's feature width
+    projection_hidden_dim: int | None = None  # official: the backbone's feature width (None: follow it)
     prediction_hidden_dim: int = 512
     base_lr: float = 0.05
     weight_decay: float = 1e-4
@@ -83,10 +85,10 @@ class SimSiam(Method):
     zero_init_residual = True  # official builder: models.__dict__[arch](zero_init_residual=True)
     lr_schedule_unit = "epoch"  # official adjust_learning_rate runs once per epoch
 
-    def __init__(self, hyperparameters: SimSiamHyperparameters | None = None):
-        super().__init__(hyperparameters)
+    def __init__(self, hyperparameters: SimSiamHyperparameters | None = None, backbone: str | None = None):
+        super().__init__(hyperparameters, backbone)
         hp = self.hparams
-        self.projection_head = SimSiamProjectionHead(FEATURE_DIM, hp.projection_hidden_dim, hp.projection_dim)
+        self.projection_head = SimSiamProjectionHead(self.feature_dim, hp.projection_hidden_dim or self.feature_dim, hp.projection_dim)
         self.prediction_head = SimSiamPredictionHead(hp.projection_dim, hp.prediction_hidden_dim, hp.projection_dim)
         self.criterion = NegativeCosineSimilarity()
         self.view = ViewRecipe(crop_scale=hp.crop_scale, blur_probability=0.5)

@@ -39,6 +39,9 @@ ColorJitter(0.4, 0.4, 0.2, 0.1) with p 0.8, RandomGrayscale 0.2, GaussianBlur p 
 
 Deviations and why
 ------------------
+* ResNet-50 (``model.backbone: resnet50``, ``bench run --backbone resnet50``): the expander takes
+  the 2,048 features; its width stays ``expander_dim`` (official at ResNet-50: 8192, set
+  ``methods.vicreg.expander_dim=8192``).
 * ResNet-18, 2048-wide expander, batch 64, 300 epochs: the OPTiML paper's protocol for every
   baseline (its expander is 3 x 2048). Smaller profiles shrink epochs and, for ``smoke``, the
   expander width (``expander_dim``), only to fit their time budget.
@@ -70,7 +73,7 @@ from lightly.models.modules.heads import VICRegProjectionHead
 from cxrbench.methods.lars import LARS
 
 from cxrbench.methods.augment import ViewRecipe, augment
-from cxrbench.methods.backbone import FEATURE_DIM, to_model_input
+from cxrbench.methods.backbone import to_model_input
 from cxrbench.methods.base import Method, split_weight_decay
 from cxrbench.methods.registry import register_method
 
@@ -97,11 +100,11 @@ class VICReg(Method):
     Hyperparameters = VICRegHyperparameters
     zero_init_residual = True  # official main_vicreg.py: resnet.__dict__[arch](zero_init_residual=True)
 
-    def __init__(self, hyperparameters: VICRegHyperparameters | None = None):
-        super().__init__(hyperparameters)
+    def __init__(self, hyperparameters: VICRegHyperparameters | None = None, backbone: str | None = None):
+        super().__init__(hyperparameters, backbone)
         hp = self.hparams
         self.expander = VICRegProjectionHead(
-            input_dim=FEATURE_DIM, hidden_dim=hp.expander_dim, output_dim=hp.expander_dim, num_layers=3
+            input_dim=self.feature_dim, hidden_dim=hp.expander_dim, output_dim=hp.expander_dim, num_layers=3
         )
         self.criterion = VICRegLoss(
             lambda_param=hp.invariance_coeff,

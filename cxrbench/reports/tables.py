@@ -63,8 +63,21 @@ def load_records(results_dir: Path) -> pd.DataFrame:
     if not rows:
         raise ReportError(skipped[0])
     frame = pd.DataFrame(rows)
+    # a row of another trunk than the table's own (the baseline rows', else most rows') says so
+    # wherever its name appears
+    main = main_backbone(frame)
+    frame["display_name"] = [name if backbone == main else f"{name} [{BACKBONE_NAMES.get(backbone, backbone)}]"
+                             for name, backbone in zip(frame["display_name"], frame["backbone"])]
     frame.attrs["skipped"] = skipped
     return frame
+
+
+def main_backbone(records: pd.DataFrame) -> str:
+    """The trunk of the baseline rows (else of most rows): the one every other row is compared on."""
+    if "backbone" not in records or records.empty:
+        return "resnet18"
+    baseline = records.loc[records["is_baseline"], "backbone"] if "is_baseline" in records else records["backbone"].iloc[:0]
+    return (baseline if len(baseline) else records["backbone"]).value_counts().index[0]
 
 
 UNIT_INTERVAL_METRICS = {"mean_auroc", "dice_per_image"}
@@ -104,13 +117,10 @@ def _record_row(path: Path, results_dir: Path) -> dict:
     if not isinstance(headline, str):
         raise TypeError(f"headline_metric is {headline!r}, expected a string")
     scores = {name: _score(metrics, name) for name in {"mean_auroc", "dice_per_image", headline}}
-    backbone = str(record.get("method_backbone", "resnet18"))
-    display_name = str(record.get("method_display_name", cell["method"]))
     return {
         "method": cell["method"],
-        # a row of another trunk than the paper's ResNet-18 says so wherever its name appears
-        "display_name": display_name if backbone == "resnet18" else f"{display_name} [{BACKBONE_NAMES.get(backbone, backbone)}]",
-        "backbone": backbone,
+        "display_name": str(record.get("method_display_name", cell["method"])),  # marked by backbone in load_records
+        "backbone": str(record.get("method_backbone", "resnet18")),
         "is_baseline": bool(record.get("method_is_baseline", False)),
         "dataset": cell["dataset"],
         "protocol": cell["protocol"],
@@ -480,12 +490,14 @@ def profile_note(records: pd.DataFrame) -> str:
 
 
 def _backbone_note(records: pd.DataFrame) -> str:
-    others = sorted(set(records["backbone"]) - {"resnet18"}) if "backbone" in records else []
+    main = main_backbone(records)
+    others = sorted(set(records["backbone"]) - {main}) if "backbone" in records else []
+    own = "" if main == "resnet18" else f" Every row without a mark has a {BACKBONE_NAMES.get(main, main)} trunk (the paper's is ResNet-18)."
     if not others:
-        return ""
+        return own
     names = ", ".join(f"[{BACKBONE_NAMES.get(name, name)}]" for name in others)
-    return (f" Rows marked {names} are encoder files of another trunk than the ResNet-18 of every other row: their "
-            f"deltas and tests against the baseline row measure the checkpoint and the backbone together "
+    return (f"{own} Rows marked {names} have another trunk than the {BACKBONE_NAMES.get(main, main)} of the baseline row: "
+            f"their deltas and tests against it measure the model and the backbone together "
             f"(paired-tests.csv, column backbones).")
 
 

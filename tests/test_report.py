@@ -220,3 +220,22 @@ def test_curves_are_drawn_per_step_and_per_evaluation_from_the_records(tmp_path)
     assert ([100, 200, 300], [55.0, 61.0, 70.0]) in [(list(map(int, x)), [round(v, 6) for v in y]) for x, y in drawn]
     assert len(drawn) == 4  # two methods x two label fractions
     assert all(path.stat().st_size > 0 for path in written) and len(written) == 4
+
+
+def test_run_times_sum_each_methods_cells_per_protocol_and_take_its_pretraining_from_its_record(tmp_path):
+    from cxrbench.reports.report import run_times
+
+    for seed, seconds in ((0, 10.0), (1, 20.0)):
+        write_record(tmp_path, "simclr", 0.6, seed=seed, protocol="frozen")
+        path = tmp_path / "cells" / f"simclr__frozen__1.0__{seed}.json"
+        record = json.loads(path.read_text())
+        # the cell's own stages count; the pretraining it refers to (pretrain_s) is not counted again
+        record["timing"] = {"pretrain_s": 999.0, "shared_s": 1.0, "train_s": seconds, "test_s": 2.0}
+        record["environment"] = {"device_name": "cpu", "torch_threads": 2, "packages": {"torch": "2.14.1"}}
+        path.write_text(json.dumps(record))
+    (tmp_path / "pretrain" / "simclr__phantom-nih").mkdir(parents=True)
+    (tmp_path / "pretrain" / "simclr__phantom-nih" / "record.json").write_text(json.dumps({"method": "simclr", "seconds": 1343.4}))
+    frame = run_times(tmp_path)
+    row = frame.set_index("method").loc["simclr"]
+    assert row["pretraining_s"] == 1343.0 and row["frozen_cells"] == 2 and row["frozen_s"] == 36.0
+    assert row["machine"] == "cpu, 2 threads, torch 2.14.1"

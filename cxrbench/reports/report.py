@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 import shutil
 import sys
@@ -241,6 +242,7 @@ def _render_report(results_dir: Path | None, out_dir: Path, *, reference: str | 
             page.note(note)
             print(f"bench report: {note}", file=sys.stderr)
         written += _learning_check(Path(results_dir), out_dir, page)
+        written += _run_times(Path(results_dir), out_dir, page)
         written += _figures(Path(results_dir), ours, out_dir, page, tables)
         tests_path = Path(results_dir) / "paired-tests.csv"
         if tests_path.is_file():
@@ -273,6 +275,53 @@ BATCHNORM_NOTES = {
           "included, was probed with the statistics it had (a random network's initial ones pass the raw intensity "
           "through, which flatters the random-initialisation row; README: Protocols).",
 }
+
+
+def run_times(results_dir: Path) -> pd.DataFrame:
+    """Wall time of each stage per method, from the records: its pretraining (the pretraining
+    record) and the sum of its cells' own times per protocol (feature extraction, training,
+    testing; the pretraining each cell refers to is not counted again), with the machine."""
+    rows: dict[str, dict] = {}
+    for path in sorted((results_dir / "cells").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            method, protocol = record["cell"]["method"], record["cell"]["protocol"]
+            timing = record.get("timing") or {}
+            seconds = sum(float(timing.get(key) or 0.0) for key in ("shared_s", "train_s", "test_s"))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # load_records has said which records are invalid
+        environment = record.get("environment") or {}
+        row = rows.setdefault(method, {"method": record.get("method_display_name", method), "pretraining_s": None,
+                                       "machine": f"{environment.get('device_name', '?')}, {environment.get('torch_threads', '?')} "
+                                                  f"threads, torch {(environment.get('packages') or {}).get('torch', '?')}"})
+        row[f"{protocol}_s"] = row.get(f"{protocol}_s", 0.0) + seconds
+        row[f"{protocol}_cells"] = row.get(f"{protocol}_cells", 0) + 1
+    for path in sorted((results_dir / "pretrain").glob("*/record.json")):
+        try:
+            record = json.loads(path.read_text())
+            if record["method"] in rows:
+                rows[record["method"]]["pretraining_s"] = float(record["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    frame = pd.DataFrame(list(rows.values()))
+    if frame.empty:
+        return frame
+    columns = ["method", "pretraining_s"] + [f"{protocol}_{what}" for protocol in ("frozen", "finetune", "segmentation")
+                                               for what in ("cells", "s") if f"{protocol}_{what}" in frame] + ["machine"]
+    frame = frame[columns]
+    seconds = [column for column in columns if column.endswith("_s")]
+    frame[seconds] = frame[seconds].round(0)
+    return frame
+
+
+def _run_times(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]:
+    frame = run_times(results_dir)
+    if frame.empty:
+        return []
+    path = out_dir / "run_times.csv"
+    atomic_write_bytes(path, frame.to_csv(index=False).encode())
+    page.frame("Run time of each stage (seconds, from the records; machine as recorded)", frame)
+    return [path]
 
 
 def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]:
@@ -388,7 +437,7 @@ nav{columns:2;font-size:14px;background:#f6f6f6;padding:8px 16px;border-radius:4
 nav a{display:block;padding:1px 0}
 .scroll{overflow-x:auto;margin-bottom:6px}
 table.results,table.dataframe{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums}
-table.results caption{caption-side:top;text-align:left;font-size:13px;color:#444;padding:4px 0 8px;max-width:1300px}
+table.results caption{caption-side:top;text-align:left;font-size:13px;color:#444;padding:4px 0 8px;max-width:1300px;min-width:min(70em,92vw)}
 table.results th,table.results td,table.dataframe th,table.dataframe td{border-bottom:1px solid #ddd;padding:3px 8px;white-space:nowrap}
 table.results thead th,table.dataframe thead th{position:sticky;top:0;background:#fff;z-index:1}
 table.results td{text-align:center}

@@ -239,3 +239,23 @@ def test_every_method_builds_its_heads_on_a_resnet50_trunk_and_trains_it(name):
     reference = torchvision.models.resnet50(weights=None)
     missing, unexpected = reference.load_state_dict(method.export_encoder(), strict=False)
     assert not unexpected and set(missing) == {"fc.weight", "fc.bias"}
+
+
+def test_a_method_written_before_backbones_runs_on_resnet18_and_is_refused_in_one_line_elsewhere():
+    """Plugins whose __init__ takes no backbone keep working on the paper's ResNet-18; at ResNet-50
+    their cells are reported as not run, with the way to fix the plugin."""
+    from cxrbench.methods.simclr import SimCLR
+
+    class Older(SimCLR):
+        def __init__(self, hyperparameters=None):
+            super().__init__(hyperparameters)
+
+        @classmethod
+        def unavailable_reason(cls, hyperparameters):  # the one-argument form of those plugins
+            return None
+
+    assert Older.create(None, backbone="resnet18").feature_dim == 512
+    assert Older.cannot_run(Older.Hyperparameters(), "resnet18") is None
+    reason = Older.cannot_run(Older.Hyperparameters(), "resnet50")
+    assert "takes no backbone argument" in reason and "\n" not in reason
+    assert SimCLR.create(None, backbone="resnet50").feature_dim == 2048

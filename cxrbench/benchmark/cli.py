@@ -305,7 +305,7 @@ def command_run(args) -> int:
              for cell in plan_cells(methods, datasets, [protocol], fractions, seeds)]
     plan = "; ".join(f"{protocol} on {', '.join(datasets) or 'no dataset'}" for protocol, datasets in datasets_by_protocol.items())
     say = print if world.is_main else (lambda *_, **__: None)
-    unavailable = {name: get_method(name).unavailable_reason(method_hyperparameters(profile, name), run_backbone(profile))
+    unavailable = {name: get_method(name).cannot_run(method_hyperparameters(profile, name), run_backbone(profile))
                    for name in methods}
     cannot_run = [cell for cell in cells if unavailable[cell.method]]
     have_record = sum(1 for cell in cells if not unavailable[cell.method] and (out_dir / "cells" / f"{cell.record_name}.json").is_file())

@@ -196,7 +196,7 @@ def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: i
         waiting.setdefault(cell.method, []).append(cell)
     for method in list(waiting):
         method_cls = get_method(method)
-        reason = method_cls.unavailable_reason(runner.hyperparameters(method), run_backbone(runner.profile))
+        reason = method_cls.cannot_run(runner.hyperparameters(method), run_backbone(runner.profile))
         if reason:
             result.missing[method] = reason
             echo(f"{method}: {len(waiting.pop(method))} cell(s) not run: {reason}")

@@ -238,7 +238,7 @@ class Runner:
         return method_hyperparameters(self.profile, name)
 
     def build_method(self, name: str) -> Method:
-        return get_method(name)(self.hyperparameters(name), backbone=run_backbone(self.profile))
+        return get_method(name).create(self.hyperparameters(name), backbone=run_backbone(self.profile))
 
     def encoder_is_stored(self, method_name: str) -> bool:
         directory = self.pretrain_dir(method_name, self.profile["pretrain"]["dataset"])
@@ -366,7 +366,7 @@ class Runner:
             by_method.setdefault(cell.method, []).append(cell)
         # this rank's share of each method's cells (all of them in one process)
         mine = {method: method_cells[world().rank :: world().size] for method, method_cells in by_method.items()}
-        unavailable = {name: get_method(name).unavailable_reason(self.hyperparameters(name), run_backbone(self.profile))
+        unavailable = {name: get_method(name).cannot_run(self.hyperparameters(name), run_backbone(self.profile))
                        for name in by_method}
         runnable = [name for name in by_method if not unavailable[name]]
         total = sum(len(mine[name]) for name in runnable)
@@ -457,7 +457,7 @@ class Runner:
             "method_is_baseline": method_cls.is_baseline,
             "method_ablation": getattr(method_cls, "ablation", None),  # Table III switches, if any
             "method_provenance": method_cls.provenance(),  # an encoder row's file: SHA-256, format, key mapping
-            "method_backbone": method_cls.trunk(run_backbone(self.profile)),
+            "method_backbone": method_cls.trunk(run_backbone(self.profile)) if method_cls.takes_backbone() else method_cls.backbone,
             "pretrain_dataset": pretrain_record["pretrain_dataset"] if pretrain_record else None,
             "task": dataset.task,
             "label_columns": dataset.label_columns,

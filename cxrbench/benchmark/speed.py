@@ -118,7 +118,7 @@ def pretraining_benchmark(profile: dict, repeats: int = 2, device: str = "cpu", 
 
     for name in names:
         torch.manual_seed(0)
-        method = get_method(name)(method_hyperparameters(profile, name), backbone=run_backbone(profile)).train()
+        method = get_method(name).create(method_hyperparameters(profile, name), backbone=run_backbone(profile)).train()
         step_runner = StepRunner(method, torch_device, options)
         optimizer = method.build_optimizer(batch)
         generator = torch.Generator().manual_seed(0)
@@ -167,7 +167,10 @@ def frozen_cache_benchmark(profile: dict, dataset_name: str = "phantom-nih", dev
 
     dataset = DATASETS.get(dataset_name)().load(profile["data"])
     torch.manual_seed(seed)
-    encoder_state = get_method("sup1")().export_encoder()  # the time does not depend on the weights
+    from cxrbench.benchmark.runner import run_backbone
+
+    # the time depends on the trunk (the run's backbone), not on its weights
+    encoder_state = get_method("sup1")(backbone=run_backbone(profile)).export_encoder()
     protocol, config = PROTOCOLS["frozen"], protocol_config(profile, "frozen")
     torch_device = torch.device(device)
     started = time.perf_counter()

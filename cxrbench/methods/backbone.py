@@ -17,6 +17,9 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# ResNet-18's pooled width, the paper's backbone; a method that follows the run's backbone
+# (``model.backbone``) builds its heads from ``self.feature_dim`` instead
+FEATURE_DIM = 512
 # the trunks the suite can hold: torchvision constructor and pooled feature width
 BACKBONES = {"resnet18": (torchvision.models.resnet18, 512), "resnet50": (torchvision.models.resnet50, 2048)}
 BACKBONE_NAMES = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import random
 from typing import Any, ClassVar
 
@@ -79,6 +80,30 @@ class Method(nn.Module):
         self.encoder = resnet_encoder(self.backbone, init=getattr(self.hparams, "encoder_init", "random"),
                                       weights_path=getattr(self.hparams, "weights_path", None),
                                       zero_init_residual=self.zero_init_residual)
+
+    @classmethod
+    def create(cls, hyperparameters: Any | None = None, backbone: str | None = None) -> "Method":
+        """An instance on ``backbone``. A method whose ``__init__`` takes no ``backbone`` (plugins
+        written before backbones existed) is built as before on its default trunk."""
+        if cls.takes_backbone():
+            return cls(hyperparameters, backbone=backbone)
+        return cls(hyperparameters)
+
+    @classmethod
+    def takes_backbone(cls) -> bool:
+        return "backbone" in inspect.signature(cls.__init__).parameters
+
+    @classmethod
+    def cannot_run(cls, hyperparameters: Any, backbone: str | None = None) -> str | None:
+        """Why this method's cells cannot run under a run's backbone (None if they can): a trunk it
+        cannot be built on, or its ``unavailable_reason`` (one argument in plugins that predate
+        backbones)."""
+        if backbone and not cls.takes_backbone() and backbone != cls.backbone:
+            return (f"its __init__ takes no backbone argument, so it runs on {cls.backbone} only "
+                    f"(add backbone=None to __init__ and pass it to Method.__init__; README: Add a method)")
+        if len(inspect.signature(cls.unavailable_reason).parameters) >= 2:
+            return cls.unavailable_reason(hyperparameters, backbone or cls.backbone)
+        return cls.unavailable_reason(hyperparameters)
 
     @classmethod
     def trunk(cls, requested: str | None) -> str:

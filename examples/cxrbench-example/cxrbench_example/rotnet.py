@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.methods import Method
-from cxrbench.methods.backbone import FEATURE_DIM, to_model_input
+from cxrbench.methods.backbone import to_model_input
 
 
 @dataclass
@@ -44,9 +44,9 @@ class RotNet(Method):
     description = "Rotation prediction (Gidaris et al. 2018), example plugin package"
     Hyperparameters = RotNetHyperparameters
 
-    def __init__(self, hyperparameters=None):
-        super().__init__(hyperparameters)
-        self.classifier = nn.Linear(FEATURE_DIM, 4)
+    def __init__(self, hyperparameters=None, backbone=None):
+        super().__init__(hyperparameters, backbone)  # the run's trunk: ResNet-18 (512) or ResNet-50 (2048)
+        self.classifier = nn.Linear(self.feature_dim, 4)
 
     def make_views(self, images, generator=None):
         grey = images.float().div(255.0).unsqueeze(1)

@@ -84,11 +84,11 @@ class IDEAL(Method):
     # per-profile defaults of a plugin (a profile's own ``methods: {ideal: ...}`` still wins)
     profile_overrides = {"smoke": {"learning_rate": 1e-3, "hidden_dim": 64}, "quick": {"learning_rate": 1e-3}}
 
-    def __init__(self, hyperparameters=None):
-        super().__init__(hyperparameters)
+    def __init__(self, hyperparameters=None, backbone=None):
+        super().__init__(hyperparameters, backbone)
         hp = self.hparams
         self.dense_head = nn.Sequential(
-            nn.Conv2d(512, hp.hidden_dim, kernel_size=1), nn.BatchNorm2d(hp.hidden_dim), nn.ReLU(inplace=True),
+            nn.Conv2d(self.feature_dim, hp.hidden_dim, kernel_size=1), nn.BatchNorm2d(hp.hidden_dim), nn.ReLU(inplace=True),
             nn.Conv2d(hp.hidden_dim, hp.projection_dim, kernel_size=1),
         )
         self.geometry = ViewRecipe(crop_scale=tuple(hp.crop_scale), flip_probability=0.0)

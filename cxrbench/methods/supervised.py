@@ -32,7 +32,7 @@ class NoHyperparameters:
 @dataclass
 class ImageNetInit:
     encoder_init: str = "imagenet"
-    weights_path: str | None = None  # a torchvision resnet18 state dict; default: the hub cache
+    weights_path: str | None = None  # a torchvision state dict of the run's ResNet (18 or 50); default: the hub cache
 
 
 @register_method("sup1")

@@ -457,7 +457,7 @@ class Runner:
             "method_is_baseline": method_cls.is_baseline,
             "method_ablation": getattr(method_cls, "ablation", None),  # Table III switches, if any
             "method_provenance": method_cls.provenance(),  # an encoder row's file: SHA-256, format, key mapping
-            "method_backbone": method_cls.trunk(run_backbone(self.profile)) if method_cls.takes_backbone() else method_cls.backbone,
+            "method_backbone": method_cls.trunk(run_backbone(self.profile)),
             "pretrain_dataset": pretrain_record["pretrain_dataset"] if pretrain_record else None,
             "task": dataset.task,
             "label_columns": dataset.label_columns,

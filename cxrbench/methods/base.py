@@ -107,8 +107,9 @@ class Method(nn.Module):
 
     @classmethod
     def trunk(cls, requested: str | None) -> str:
-        """The backbone this method runs on when the run asks for ``requested`` (None: its default)."""
-        return requested or cls.backbone
+        """The backbone this method runs on when the run asks for ``requested`` (None: its default;
+        a method that takes no backbone argument stays on its default)."""
+        return requested if requested and cls.takes_backbone() else cls.backbone
 
     @classmethod
     def resolve_hyperparameters(cls, overrides: dict | None) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cxrbench.benchmark.lease import LEASE_NAME, PretrainingInProgressError, PretrainingLease, live_holder
+from cxrbench.records.schema import PretrainRecord
 
 
 def _foreign_lease(directory: Path, seconds_ago: float = 0.0, host: str = "gpu-node-17", pid: int = 4242,
@@ -296,7 +297,8 @@ def _store_real_encoder(runner, method):
     directory = runner.pretrain_dir(method, runner.profile["pretrain"]["dataset"])
     directory.mkdir(parents=True, exist_ok=True)
     torch.save({"weight": torch.ones(2)}, directory / "encoder.pth")
-    (directory / "record.json").write_text(json.dumps({"method": method, "created": "elsewhere"}))
+    record = PretrainRecord(method=method, pretrain_dataset=runner.profile["pretrain"]["dataset"], seconds=1.0, created="elsewhere")
+    (directory / "record.json").write_text(json.dumps(record.to_json()))
 
 
 def _runner(smoke_profile, out):
@@ -324,7 +326,7 @@ def test_an_encoder_stored_while_the_lease_was_being_taken_is_used_not_trained_a
     monkeypatch.setattr(runner_module, "PretrainingLease", FinishedJustBefore)
     monkeypatch.setattr(runner_module, "pretrain", _must_not_pretrain)
     state, record = runner.pretrained_encoder("simclr")
-    assert record["created"] == "elsewhere" and state["weight"].sum() == 2
+    assert record.created == "elsewhere" and state["weight"].sum() == 2
     assert not (runner.pretrain_dir("simclr", "phantom-nih") / LEASE_NAME).exists()  # let go again
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cxrbench.benchmark.cli import registered_display_names
 from cxrbench.reports.report import write_report
 from cxrbench.reports.tables import build_table, load_records
 
@@ -106,7 +107,7 @@ def test_the_reference_file_is_the_papers_tables_transcribed():
 
 
 def test_paper_tables_recompute_deltas_bold_the_best_and_footnote_every_disagreement(tmp_path):
-    written = write_report(None, tmp_path, reference=str(REFERENCE))
+    written = write_report(None, tmp_path, reference=str(REFERENCE), display_names=registered_display_names())
     table = (tmp_path / "table1_finetune_paper.md").read_text()
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines() if line.startswith("|")}
     assert rows["SimCLR"][1] == "74.8 (+0.2)"  # printed (1.3)↑: 74.8 - 74.6 is 0.2; no arrow: nothing to test
@@ -200,8 +201,8 @@ def test_curves_are_drawn_per_step_and_per_evaluation_from_the_records(tmp_path)
     pretrain.mkdir(parents=True)
     steps = [{"step": step, "loss": 22.0 - 0.01 * step} for step in range(1, 201)]
     pretrain.joinpath("record.json").write_text(json.dumps(
-        {"method": "vicreg", "pretrain_dataset": "phantom-nih", "history": [{"epoch": 1, "loss": 21.5}, {"epoch": 2, "loss": 20.5}],
-         "step_history": steps}))
+        {"method": "vicreg", "pretrain_dataset": "phantom-nih", "seconds": 60.0,
+         "history": [{"epoch": 1, "loss": 21.5}, {"epoch": 2, "loss": 20.5}], "step_history": steps}))
     drawn = []
     original = Axes.plot
 
@@ -222,6 +223,43 @@ def test_curves_are_drawn_per_step_and_per_evaluation_from_the_records(tmp_path)
     assert all(path.stat().st_size > 0 for path in written) and len(written) == 4
 
 
+def test_every_value_a_method_logs_beyond_its_loss_reaches_a_figure(tmp_path):
+    """Each logged value gets a panel with a line per method that logs it; the loop's own columns
+    (lr, images/s) and the loss (its own figure) do not."""
+    from matplotlib.axes import Axes
+
+    from cxrbench.reports.figures import pretraining_figures
+
+    logged = {"byol": {"target_momentum": lambda step: 0.99 + step / 1e4}, "rotnet": {"rotation_accuracy": lambda step: step / 100}}
+    for method, values in logged.items():
+        directory = tmp_path / "pretrain" / f"{method}__phantom-nih"
+        directory.mkdir(parents=True)
+        steps = [{"step": step, "loss": 5.0 - step / 100, "lr": 0.1, "images_per_second": 30.0}
+                 | {key: value(step) for key, value in values.items()} for step in range(1, 51)]
+        directory.joinpath("record.json").write_text(json.dumps(
+            {"method": method, "pretrain_dataset": "phantom-nih", "seconds": 10.0, "history": [{"epoch": 1, "loss": 4.8}],
+             "step_history": steps}))
+    panels = []
+    original = Axes.plot
+
+    def recording_plot(axis, x, y, *args, **kwargs):
+        panels.append((axis, kwargs.get("label"), list(y)))
+        return original(axis, x, y, *args, **kwargs)
+
+    Axes.plot = recording_plot
+    try:
+        written = pretraining_figures(tmp_path, tmp_path / "pretraining")
+    finally:
+        Axes.plot = original
+    assert {path.name for path in written} == {"pretraining_loss.png", "pretraining_loss.pdf", "pretraining_logs.png", "pretraining_logs.pdf"}
+    titles = {axis.get_title() for axis, label, _ in panels if label is not None}
+    assert titles == {"target_momentum", "rotation_accuracy"}  # not lr, images_per_second or loss
+    by_panel = {(axis.get_title(), label) for axis, label, _ in panels if label is not None}
+    assert by_panel == {("target_momentum", "byol"), ("rotation_accuracy", "rotnet")}
+    raw = [y for axis, label, y in panels if axis.get_title() == "rotation_accuracy" and label is None]
+    assert raw == [[step / 100 for step in range(1, 51)]]  # the per-step values as logged, drawn faint beside their average
+
+
 def test_run_times_sum_each_methods_cells_per_protocol_and_take_its_pretraining_from_its_record(tmp_path):
     from cxrbench.reports.report import run_times
 
@@ -234,7 +272,7 @@ def test_run_times_sum_each_methods_cells_per_protocol_and_take_its_pretraining_
         record["environment"] = {"device_name": "cpu", "torch_threads": 2, "packages": {"torch": "2.14.1"}}
         path.write_text(json.dumps(record))
     (tmp_path / "pretrain" / "simclr__phantom-nih").mkdir(parents=True)
-    (tmp_path / "pretrain" / "simclr__phantom-nih" / "record.json").write_text(json.dumps({"method": "simclr", "seconds": 1343.4}))
+    (tmp_path / "pretrain" / "simclr__phantom-nih" / "record.json").write_text(json.dumps({"method": "simclr", "pretrain_dataset": "phantom-nih", "seconds": 1343.4}))
     frame = run_times(tmp_path)
     row = frame.set_index("method").loc["simclr"]
     assert row["pretraining_s"] == 1343.0 and row["frozen_cells"] == 2 and row["frozen_s"] == 36.0

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from cxrbench.benchmark.comparisons import write_paired_tests
-from cxrbench.benchmark.statistics import delong_mean_auroc_test, holm_reject, paired_bootstrap_test, mean_auroc_statistic
+from cxrbench.records.comparisons import write_paired_tests
+from cxrbench.records.statistics import delong_mean_auroc_test, holm_reject, paired_bootstrap_test, mean_auroc_statistic
 from cxrbench.reports.report import write_report
 from cxrbench.reports.tables import layout, load_records, mark_significance, summarise
 
@@ -98,8 +98,8 @@ def test_a_clear_difference_gets_an_arrow_a_tie_none_and_ties_with_the_best_are_
 
 def test_holm_decides_over_the_tables_cells(tmp_path, monkeypatch):
     """Three deltas each at p = 0.02: significant alone, not after Holm over the table's 3 cells."""
-    from cxrbench.benchmark import comparisons
-    from cxrbench.benchmark.statistics import ExactTest
+    from cxrbench.records import comparisons
+    from cxrbench.records.statistics import ExactTest
 
     baseline = scores_with_signal(0.3, 20)
     write_cell(tmp_path, "sup1", baseline, baseline=True, display="Sup.1")
@@ -126,7 +126,7 @@ def test_a_cell_of_several_seeds_is_significant_only_when_every_seed_is(tmp_path
 
 
 def test_the_learning_check_flags_a_method_that_did_not_learn(tmp_path):
-    from cxrbench.benchmark.comparisons import did_not_learn, learning_check
+    from cxrbench.records.comparisons import did_not_learn, learning_check
 
     random_features = scores_with_signal(0.3, 40)
     write_cell(tmp_path, "sup1", random_features, baseline=True, display="Sup.1")

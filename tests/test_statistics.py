@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrbench.benchmark.statistics import (
+from cxrbench.records.statistics import (
     bootstrap_interval,
     mean_auroc_statistic,
     mean_statistic,

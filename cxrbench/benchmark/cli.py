@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from cxrbench.benchmark.errors import StoredEncoderError
 from cxrbench.benchmark.lease import PretrainingInProgressError
+from cxrbench.records.layout import ResultsFolder
 
 EXIT_USAGE = 2
 
@@ -201,29 +203,59 @@ def _encoder_rows(specs: list[str]) -> dict[str, str]:
     return rows
 
 
-def command_run(args) -> int:
-    import torch
+@dataclasses.dataclass
+class ResolvedRun:
+    """Everything a ``bench run`` was asked for, resolved and checked before anything is written."""
 
-    from cxrbench.benchmark.profiles import apply_overrides, available_profiles, load_profile
-    from cxrbench.benchmark.protocol_registry import BUILT_IN, PROTOCOLS, protocol_config
-    from cxrbench.benchmark.comparisons import write_paired_tests
-    from cxrbench.benchmark.pretrain import TrainingOptions
-    from cxrbench.benchmark.runner import Runner, method_hyperparameters, plan_cells, run_backbone
-    from cxrbench.distributed import init_from_environment, sum_across_processes
+    profile: dict  # the resolved profile: stored whole in run.json and in every record
+    methods: list[str]
+    datasets_by_protocol: dict[str, list[str]]
+    fractions: list[float]
+    seeds: list[int]
+    out_dir: Path
+    dispatch_options: dict
+
+
+def command_run(args) -> int:
+    """Resolve, plan, execute, summarise."""
+    from cxrbench.benchmark.plan import RunPlan, grid_cells
+    from cxrbench.benchmark.runner import Runner
+    from cxrbench.distributed import init_from_environment
     from cxrbench.distributed import world as current_world
-    from cxrbench.datasets import DATASETS, available_datasets
-    from cxrbench.methods import METHOD_GROUPS, available_methods, expand_methods, get_method
 
     _check_device_name(args.device)  # before anything is printed or written
+    run = _resolve_run(args)
+    if args.executor == "slurm":
+        # this process only submits; each job resolves --device on its own node
+        world, device = current_world(), _device("cpu")
+    else:
+        world, device = init_from_environment(_device(args.device))
+    cells = [cell for protocol, datasets in run.datasets_by_protocol.items()
+             for cell in grid_cells(run.methods, datasets, [protocol], run.fractions, run.seeds)]
+    plan = RunPlan.for_cells(cells, run.profile)
+    if world.is_main:
+        _announce(args, run, plan, world)
+    started = time.perf_counter()
+    runner = Runner(run.profile, run.out_dir, device)
+    if world.is_main:  # what `bench status OUT` compares the folder against
+        from cxrbench.benchmark.status import write_plan
+
+        write_plan(run.out_dir, plan.cells, plan.cannot_run, plan.pretraining_methods(), ["bench", *sys.argv[1:]])
+    written, missing, failures = _execute(args, run, plan, runner)
+    if not world.is_main:
+        return 0
+    return _summarise(run, written, missing, failures, time.perf_counter() - started)
+
+
+def _resolve_run(args) -> ResolvedRun:
+    """The profile with every --set and flag applied, the methods, datasets, fractions and seeds,
+    and the output folder; each checked, one line per problem (CliError)."""
+    from cxrbench.benchmark.profiles import apply_overrides, available_profiles, load_profile
+    from cxrbench.benchmark.protocol_registry import BUILT_IN, PROTOCOLS
+    from cxrbench.benchmark.runner import Runner
+
     encoder_rows = _encoder_rows(args.encoder or [])
-    methods_known = available_methods()
-    in_all = [name for name in methods_known if get_method(name).listed_in_all]
-    methods = in_all if args.methods == "all" else _csv(args.methods)
-    methods += [name for name in encoder_rows if name not in methods]  # each --encoder adds its row
-    if not methods:
-        raise CliError(f"--methods is empty; valid: all, {', '.join(list(METHOD_GROUPS) + methods_known)}")
-    _check_choices("method", methods, list(METHOD_GROUPS) + methods_known)
-    methods = expand_methods(methods)
+    methods = _resolve_methods(args, encoder_rows)
     _check_choices("profile", [args.profile], available_profiles())
     protocols = list(BUILT_IN) if args.protocol == "all" else _csv(args.protocol)
     _check_choices("protocol", protocols, list(PROTOCOLS) + ["all"])
@@ -234,7 +266,44 @@ def command_run(args) -> int:
         raise CliError(str(error)) from None
     if encoder_rows:  # stored with the profile: run.json, every record and every grid job read them there
         profile["encoders"] = {**(profile.get("encoders") or {}), **encoder_rows}
+    datasets_by_protocol = _resolve_datasets(args, profile, protocols)
     evaluation = profile["evaluation"]
+    # an empty --fractions '' or --seeds '' is an error, not the profile's whole grid
+    fractions = _parse_fractions(args.fractions) if args.fractions is not None else \
+        _from_profile(_parse_fractions, "evaluation.fractions", evaluation["fractions"])
+    seeds = _parse_seeds(args.seeds) if args.seeds is not None else _from_profile(_parse_seeds, "evaluation.seeds", evaluation["seeds"])
+    _apply_run_flags(args, profile)
+    dispatch_options = _dispatch_options(args)
+    _check_available(profile, methods, datasets_by_protocol)
+    out_dir = Path(args.out) if args.out else Path("results") / args.profile
+    _check_writable(out_dir, "--out")
+    conflict = Runner.configuration_conflict(out_dir, profile)
+    if conflict:
+        raise CliError(f"--out {out_dir} holds records made with another configuration ({conflict}); "
+                       f"use a new --out, or the same profile and --set values")
+    return ResolvedRun(profile, methods, datasets_by_protocol, fractions, seeds, out_dir, dispatch_options)
+
+
+def _resolve_methods(args, encoder_rows: dict[str, str]) -> list[str]:
+    """--methods (``all``: every method listed in it; groups expanded) plus a row per --encoder."""
+    from cxrbench.methods import METHOD_GROUPS, available_methods, expand_methods, get_method
+
+    methods_known = available_methods()
+    in_all = [name for name in methods_known if get_method(name).listed_in_all]
+    methods = in_all if args.methods == "all" else _csv(args.methods)
+    methods += [name for name in encoder_rows if name not in methods]  # each --encoder adds its row
+    if not methods:
+        raise CliError(f"--methods is empty; valid: all, {', '.join(list(METHOD_GROUPS) + methods_known)}")
+    _check_choices("method", methods, list(METHOD_GROUPS) + methods_known)
+    return expand_methods(methods)
+
+
+def _resolve_datasets(args, profile: dict, protocols: list[str]) -> dict[str, list[str]]:
+    """Each protocol's datasets: --datasets (those of a task it accepts), else its own profile list,
+    else the profile's classification list."""
+    from cxrbench.benchmark.protocol_registry import PROTOCOLS, protocol_config
+    from cxrbench.datasets import DATASETS, available_datasets
+
     if args.datasets is not None and not _csv(args.datasets):
         raise CliError("--datasets is empty; expected comma-separated dataset names (bench list datasets)")
     requested = _csv(args.datasets) if args.datasets is not None else None
@@ -247,18 +316,22 @@ def command_run(args) -> int:
             settings = protocol_config(profile, protocol)
         except KeyError as error:
             raise CliError(error.args[0]) from None
-        if requested is None:  # the protocol's own list, else the profile's classification list
-            chosen = list(settings.get("datasets", evaluation["datasets"]))
-        else:
-            chosen = [name for name in requested if DATASETS.get(name)().task in accepts]
-            if not chosen and len(protocols) == 1:
-                raise CliError(f"--datasets {args.datasets}: none is a {'/'.join(accepts)} dataset, "
-                               f"which the {protocol} protocol needs")
-        datasets_by_protocol[protocol] = chosen
-    # an empty --fractions '' or --seeds '' is an error, not the profile's whole grid
-    fractions = _parse_fractions(args.fractions) if args.fractions is not None else \
-        _from_profile(_parse_fractions, "evaluation.fractions", evaluation["fractions"])
-    seeds = _parse_seeds(args.seeds) if args.seeds is not None else _from_profile(_parse_seeds, "evaluation.seeds", evaluation["seeds"])
+        if requested is None:
+            datasets_by_protocol[protocol] = list(settings.get("datasets", profile["evaluation"]["datasets"]))
+            continue
+        datasets_by_protocol[protocol] = [name for name in requested if DATASETS.get(name)().task in accepts]
+        if not datasets_by_protocol[protocol] and len(protocols) == 1:
+            raise CliError(f"--datasets {args.datasets}: none is a {'/'.join(accepts)} dataset, "
+                           f"which the {protocol} protocol needs")
+    return datasets_by_protocol
+
+
+def _apply_run_flags(args, profile: dict) -> None:
+    """The flags that set profile values (--pretrain-dataset, --backbone, --precision, ...,
+    --data-root): a flag that was given overrides the profile."""
+    from cxrbench.benchmark.pretrain import TrainingOptions
+    from cxrbench.datasets import available_datasets
+
     if args.pretrain_dataset:
         _check_choices("pretraining dataset", [args.pretrain_dataset], available_datasets())
         profile["pretrain"]["dataset"] = args.pretrain_dataset
@@ -266,17 +339,24 @@ def command_run(args) -> int:
         profile.setdefault("model", {})["backbone"] = args.backbone
     for key, value in (("precision", args.precision), ("channels_last", args.channels_last or None),
                        ("sync_batchnorm", args.sync_batchnorm or None), ("augment_on", args.augment_on)):
-        if value is not None:  # a flag that was given overrides the profile
+        if value is not None:
             profile["pretrain"][key] = value
     try:
         TrainingOptions.from_settings(profile["pretrain"])
     except ValueError as error:
         raise CliError(str(error)) from None
-    dispatch_options = _dispatch_options(args)
     if args.data_root:
         if not Path(args.data_root).is_dir():
             raise CliError(f"--data-root {args.data_root}: no such directory (expected the parent of bench prepare's --out)")
         profile["data"]["root"] = str(Path(args.data_root).resolve())
+
+
+def _check_available(profile: dict, methods: list[str], datasets_by_protocol: dict[str, list[str]]) -> None:
+    """Every dataset the run reads is there, and every method's hyperparameters resolve."""
+    from cxrbench.benchmark.profiles import method_hyperparameters
+    from cxrbench.datasets import DATASETS
+    from cxrbench.methods import get_method
+
     needed = {name for names in datasets_by_protocol.values() for name in names}
     if any(get_method(name).pretrains for name in methods):
         needed.add(profile["pretrain"]["dataset"])
@@ -289,67 +369,58 @@ def command_run(args) -> int:
             method_hyperparameters(profile, name)
         except ValueError as error:
             raise CliError(str(error)) from None
-    out_dir = Path(args.out) if args.out else Path("results") / args.profile
-    _check_writable(out_dir, "--out")
-    conflict = Runner.configuration_conflict(out_dir, profile)
-    if conflict:
-        raise CliError(f"--out {out_dir} holds records made with another configuration ({conflict}); "
-                       f"use a new --out, or the same profile and --set values")
-    if args.executor == "slurm":
-        # this process only submits; each job resolves --device on its own node
-        world, device = current_world(), torch.device("cpu")
-    else:
-        world, device = init_from_environment(_device(args.device))
 
-    cells = [cell for protocol, datasets in datasets_by_protocol.items()
-             for cell in plan_cells(methods, datasets, [protocol], fractions, seeds)]
-    plan = "; ".join(f"{protocol} on {', '.join(datasets) or 'no dataset'}" for protocol, datasets in datasets_by_protocol.items())
-    say = print if world.is_main else (lambda *_, **__: None)
-    unavailable = {name: get_method(name).cannot_run(method_hyperparameters(profile, name), run_backbone(profile))
-                   for name in methods}
-    cannot_run = [cell for cell in cells if unavailable[cell.method]]
-    have_record = sum(1 for cell in cells if not unavailable[cell.method] and (out_dir / "cells" / f"{cell.record_name}.json").is_file())
-    to_run = len(cells) - len(cannot_run) - have_record
-    say(f"bench run: {len(methods)} method(s) x ({plan}) x {len(fractions)} fraction(s) x {len(seeds)} seed(s) "
-        f"= {len(cells)} cells: {to_run} to run"
-        + (f", {have_record} with a record already" if have_record else "")
-        + (f", {len(cannot_run)} that cannot run here ({', '.join(sorted({cell.method for cell in cannot_run}))})" if cannot_run else "")
-        + f"; profile {args.profile}; records in {out_dir}"
-        + (f"; {world.size} processes" if world.distributed else "")
-        + (f"; {args.executor} executor, {dispatch_options['jobs']} job(s) at once" if args.executor != "inline" else ""), flush=True)
-    started = time.perf_counter()
-    runner = Runner(profile, out_dir, device)
-    if world.is_main:  # what `bench status OUT` compares the folder against
-        from cxrbench.benchmark.status import write_plan
 
-        write_plan(out_dir, cells, {name: reason for name, reason in unavailable.items() if reason},
-                   [name for name in methods if get_method(name).pretrains], ["bench", *sys.argv[1:]])
-    failures = []
+def _announce(args, run: ResolvedRun, plan, world) -> None:
+    """One line: the grid, what is left of it, what cannot run here, where the records go."""
+    cannot_run = [cell for cell in plan.cells if cell.method in plan.cannot_run]
+    folder = ResultsFolder(run.out_dir)
+    have_record = sum(1 for cell in plan.runnable() if folder.cell_record(cell.record_name).is_file())
+    to_run = len(plan.cells) - len(cannot_run) - have_record
+    grid = "; ".join(f"{protocol} on {', '.join(datasets) or 'no dataset'}" for protocol, datasets in run.datasets_by_protocol.items())
+    print(f"bench run: {len(run.methods)} method(s) x ({grid}) x {len(run.fractions)} fraction(s) x {len(run.seeds)} seed(s) "
+          f"= {len(plan.cells)} cells: {to_run} to run"
+          + (f", {have_record} with a record already" if have_record else "")
+          + (f", {len(cannot_run)} that cannot run here ({', '.join(sorted(plan.cannot_run))})" if cannot_run else "")
+          + f"; profile {args.profile}; records in {run.out_dir}"
+          + (f"; {world.size} processes" if world.distributed else "")
+          + (f"; {args.executor} executor, {run.dispatch_options['jobs']} job(s) at once" if args.executor != "inline" else ""), flush=True)
+
+
+def _execute(args, run: ResolvedRun, plan, runner) -> tuple[int, dict[str, str], list[str]]:
+    """The plan run inline (this process, or every torchrun rank) or as jobs; (records written,
+    method -> why not run, failed jobs)."""
+    from cxrbench.distributed import sum_across_processes
+
     if args.executor == "inline":
-        written = sum_across_processes(len(runner.run(cells)))
-        missing = runner.missing
+        written = sum_across_processes(len(runner.run(plan)))
         if runner.claimed_elsewhere:
             print(f"bench run: {len(runner.claimed_elsewhere)} cell(s) were being evaluated by another process and were "
                   f"skipped here; the same command picks up any that process did not finish")
-    else:
-        from cxrbench.benchmark.dispatch import Executors, dispatch
+        return written, runner.missing, []
+    from cxrbench.benchmark.dispatch import Executors, dispatch
 
-        # each job resolves --device where it runs (a SLURM login node has no GPU)
-        executors = Executors(args.executor, out_dir / "jobs", dispatch_options["slurm"], args.pretrain_processes,
-                              device=args.device, local_gpus=dispatch_options["gpu_count"], threads=dispatch_options["threads"])
-        with _signals_as_exit():
-            outcome = dispatch(runner, cells, executors, jobs=dispatch_options["jobs"])
-        written, missing, failures = outcome.written, outcome.missing, outcome.failures
-    if not world.is_main:
-        return 0
-    tests = write_paired_tests(out_dir, resamples=int(evaluation.get("bootstrap_resamples", 1000)))
+    options = run.dispatch_options
+    # each job resolves --device where it runs (a SLURM login node has no GPU)
+    executors = Executors(args.executor, run.out_dir / "jobs", options["slurm"], args.pretrain_processes,
+                          device=args.device, local_gpus=options["gpu_count"], threads=options["threads"])
+    with _signals_as_exit():
+        outcome = dispatch(runner, plan, executors, jobs=options["jobs"])
+    return outcome.written, outcome.missing, outcome.failures
+
+
+def _summarise(run: ResolvedRun, written: int, missing: dict[str, str], failures: list[str], seconds: float) -> int:
+    """The paired tests and the learning check written and said; the exit status."""
+    from cxrbench.records.comparisons import write_paired_tests
+
+    tests = write_paired_tests(run.out_dir, resamples=int(run.profile["evaluation"].get("bootstrap_resamples", 1000)))
     for method, reason in missing.items():
         print(f"bench run: missing: {method}: {reason}")
     print(f"bench run: paired tests against the baseline row in {tests}")
-    _report_learning(out_dir)
+    _report_learning(run.out_dir)
     # a folder of its own beside the records: never a committed report under reports/
-    print(f"bench run: {written} new record(s) in {time.perf_counter() - started:.0f}s; "
-          f"render tables with: bench report --results {out_dir} --out {out_dir / 'report'}")
+    print(f"bench run: {written} new record(s) in {seconds:.0f}s; "
+          f"render tables with: bench report --results {run.out_dir} --out {run.out_dir / 'report'}")
     if failures:
         for line in failures:
             print(f"bench run: failed: {line}", file=sys.stderr)
@@ -382,7 +453,7 @@ def _signals_as_exit():
 
 def _report_learning(out_dir: Path) -> None:
     """The end of a run: which methods did not beat random initialisation in any cell."""
-    from cxrbench.benchmark.comparisons import decided_methods, did_not_learn, learning_check
+    from cxrbench.records.comparisons import decided_methods, did_not_learn, learning_check
 
     check = learning_check(out_dir)
     if check.empty:
@@ -455,12 +526,20 @@ def command_report(args) -> int:
     _check_writable(out_dir, "--out")
     _check_writable(out_dir.resolve().parent, "--out")  # the report is staged beside it and renamed into place
     try:
-        written = write_report(results, out_dir, reference=args.reference, baseline=args.baseline)
+        written = write_report(results, out_dir, reference=args.reference, baseline=args.baseline,
+                               display_names=registered_display_names())
     except ReportError as error:
         raise CliError(str(error)) from None
     for path in written:
         print(path)
     return 0
+
+
+def registered_display_names() -> dict[str, str]:
+    """Every registered method's name as tables show it (the paper's rows of methods with no record)."""
+    from cxrbench.methods import available_methods, get_method
+
+    return {name: get_method(name).display_name for name in available_methods()}
 
 
 def command_prepare(args) -> int:
@@ -504,7 +583,7 @@ def command_speed(args) -> int:
     from tabulate import tabulate
 
     from cxrbench.benchmark import speed
-    from cxrbench.benchmark.records import atomic_write_json
+    from cxrbench.records.io import atomic_write_json
 
     out = Path(args.out)
     if out.suffix != ".json":
@@ -564,7 +643,7 @@ def command_doctor(args) -> int:
     if data_root is not None and not data_root.is_dir():
         raise CliError(f"--data-root {data_root}: not a directory")
     from cxrbench.benchmark.doctor import run_doctor
-    from cxrbench.benchmark.records import atomic_write_json
+    from cxrbench.records.io import atomic_write_json
 
     from cxrbench.methods import available_methods, get_method
 
@@ -590,7 +669,8 @@ def command_status(args) -> int:
     out_dir = Path(args.results)
     if not out_dir.is_dir():
         raise CliError(f"{out_dir}: no such results folder (expected a bench run --out folder)")
-    if not (out_dir / "cells").is_dir() and not (out_dir / "plan.json").is_file() and not (out_dir / "pretrain").is_dir():
+    folder = ResultsFolder(out_dir)
+    if not folder.cells.is_dir() and not folder.plan_json.is_file() and not folder.pretrain.is_dir():
         raise CliError(f"{out_dir}: not a results folder (no cells/, pretrain/ or plan.json; expected a bench run --out folder)")
     for line in describe(grid_status(out_dir)):
         print(line)
@@ -622,7 +702,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="cxrbench: pretrain self-supervised methods on chest X-rays and evaluate them under one protocol.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_list(commands)
+    _add_run(commands)
+    _add_report(commands)
+    _add_prepare(commands)
+    _add_phantom(commands)
+    _add_speed(commands)
+    _add_status(commands)
+    _add_doctor(commands)
+    return parser
 
+
+def _add_list(commands) -> None:
     listing = commands.add_parser("list", help="list methods, datasets, profiles or protocols",
                                   description="List what is registered, with a one-line description and its origin "
                                               "(built-in, or the plugin package it came from).")
@@ -631,6 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="every hyperparameter of METHOD as each profile resolves it (from the profile files)")
     listing.set_defaults(handler=command_list)
 
+
+def _add_run(commands) -> None:
     run = commands.add_parser(
         "run", help="pretrain methods and evaluate every (method, dataset, protocol, fraction, seed) cell",
         description="Pretrain each method once, then evaluate every cell; one JSON record per cell under OUT/cells. "
@@ -691,6 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--slurm-constraint", metavar="FEATURE", help="SLURM node constraint, e.g. a100")
     run.set_defaults(handler=command_run)
 
+
+def _add_report(commands) -> None:
     report = commands.add_parser(
         "report", help="render the paper's tables and figures from run records and/or the paper's numbers",
         description="Tables I (fine-tune), II (frozen), III (OPTiML ablation) and the segmentation table as Markdown, "
@@ -706,6 +801,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="directory for the report, written whole (a new report replaces an older one entirely); default: RESULTS/report, or reports/NAME for --reference alone")
     report.set_defaults(handler=command_report)
 
+
+def _add_prepare(commands) -> None:
     prepare = commands.add_parser(
         "prepare", help="read a released dataset once into a prepared directory (uint8 array, index, splits)",
         description="Read NIH ChestX-ray14, VinDr-CXR, RSNA Pneumonia or SIIM-ACR in the layout it was released in "
@@ -731,6 +828,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--workers", type=int, help="decoding processes; default: min(8, CPU count)")
     prepare.set_defaults(handler=command_prepare)
 
+
+def _add_phantom(commands) -> None:
     phantom = commands.add_parser("phantom", help="draw sample phantom images with labels, boxes and masks",
                                   description="Render a grid of sample images of every phantom dataset (generated on "
                                               "first use into $CXRBENCH_CACHE) with their labels and finding boxes.")
@@ -738,6 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--profile", default="quick", help="whose image size and dataset sizes to use; default: quick")
     phantom.set_defaults(handler=command_phantom)
 
+
+def _add_speed(commands) -> None:
     bench_speed = commands.add_parser(
         "speed", help="measure speed in one run: pretraining images/s per method, Sinkhorn vs POT, loader, frozen cache",
         description="Benchmarks measured back to back in one process, reported as ratios: the batched Sinkhorn "
@@ -764,6 +865,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="NHWC layout of the pretraining steps; default auto: on for a GPU, else the profile's")
     bench_speed.set_defaults(handler=command_speed)
 
+
+def _add_status(commands) -> None:
     status = commands.add_parser(
         "status", help="what a grid has done, is running, has failed and has left, with the time left",
         description="Reads a results folder (a bench run --out), also while the grid runs elsewhere (SLURM, another "
@@ -773,6 +876,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("results", help="the results folder (bench run --out)")
     status.set_defaults(handler=command_status)
 
+
+def _add_doctor(commands) -> None:
     doctor = commands.add_parser(
         "doctor", help="self-check of an installation: environment, a pretraining step of every method, cells, DDP",
         description="Run this first on a new machine or cluster node. Reports the environment (versions, CUDA, cuDNN, "
@@ -789,7 +894,6 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--data-root", default=None, help="directory of prepared real datasets to list (DATA_ROOT/nih, ...)")
     doctor.add_argument("--out", default=None, help="also write the report as JSON to this file")
     doctor.set_defaults(handler=command_doctor)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

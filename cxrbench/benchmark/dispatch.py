@@ -15,7 +15,6 @@ and a pretraining that was cut off resumes from its last epoch checkpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -28,8 +27,11 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from cxrbench.benchmark.lease import PretrainingInProgressError
-from cxrbench.benchmark.runner import Cell, Runner, run_backbone
+from cxrbench.benchmark.plan import RunPlan, cells_by_method
+from cxrbench.benchmark.runner import Runner
 from cxrbench.methods import get_method
+from cxrbench.records.schema import Cell, RecordError, read_record
+
 
 def _job_device(device: str, threads: int):
     """The job's device, resolved where the job runs ("auto" on a SLURM node finds its GPU)."""
@@ -180,97 +182,117 @@ class DispatchResult:
     missing: dict[str, str] = field(default_factory=dict)  # method -> why its cells were not run
 
 
-def dispatch(runner: Runner, cells: list[Cell], executors: Executors, *, jobs: int,
+def dispatch(runner: Runner, plan: RunPlan | list[Cell], executors: Executors, *, jobs: int,
              poll_seconds: float = 1.0, echo: Callable[[str], None] = tqdm.write,
              cancel_grace_seconds: float = 30.0) -> DispatchResult:
-    """Run ``cells`` as jobs on ``executors``, at most ``jobs`` at a time; pretraining first."""
-    result = DispatchResult()
-    runner.claim_out_dir()
-    pending = [cell for cell in cells if not runner.has_record(cell)]
-    if len(pending) < len(cells):
-        echo(f"{len(cells) - len(pending)} of {len(cells)} cells already have a record in {runner.out_dir}: skipped")
-    waiting: dict[str, list[Cell]] = {}  # method -> cells held back until its encoder is stored
-    watched: set[str] = set()  # methods pretrained by a process this run did not start
-    ready: deque = deque()
-    for cell in pending:
-        waiting.setdefault(cell.method, []).append(cell)
-    for method in list(waiting):
-        method_cls = get_method(method)
-        reason = method_cls.cannot_run(runner.hyperparameters(method), run_backbone(runner.profile))
-        if reason:
-            result.missing[method] = reason
-            echo(f"{method}: {len(waiting.pop(method))} cell(s) not run: {reason}")
-        elif not method_cls.pretrains or runner.encoder_is_stored(method):
-            ready.extend(("cell", cell) for cell in waiting.pop(method))
-        elif (holder := _pretraining_holder(runner, method)) is not None:
-            # e.g. the job of a dispatcher that was killed: submitting it again would train twice
-            watched.add(method)
-            echo(f"{method}: its pretraining is running already ({holder}); waiting for its encoder")
-        else:
-            ready.appendleft(("pretrain", method))  # pretraining jobs go first: the most work waits on them
-    total = len(ready) + len(watched) + sum(len(held) for held in waiting.values())
-    progress = tqdm(total=total, desc="jobs", unit="job", disable=None)
-    running: dict = {}  # submitit job -> (kind, payload, slot)
-    free_slots = list(range(jobs))
+    """Run the plan's cells as jobs on ``executors``, at most ``jobs`` at a time; pretraining first."""
+    plan = plan if isinstance(plan, RunPlan) else RunPlan.for_cells(plan, runner.profile)
+    grid = _Grid(runner, executors, jobs, echo)
+    grid.queue(plan)
     try:
-        while ready or running or watched:
-            while ready and free_slots:
-                kind, payload = ready.popleft()
-                slot = free_slots.pop(0)
-                running[executors.submit(kind, slot, runner, payload)] = (kind, payload, slot)
+        while grid.ready or grid.running or grid.watched:
+            grid.submit_ready()
             time.sleep(poll_seconds)
-            for job in [job for job in running if job.done()]:
-                kind, payload, slot = running.pop(job)
-                free_slots.append(slot)
-                free_slots.sort()
-                progress.update(1)
-                name = payload if kind == "pretrain" else payload.record_name
-                try:
-                    outcome = job.results()[0]  # a job of several tasks (DDP pretraining) has one result each
-                except Exception as error:  # the job's traceback is in its log; one line here
-                    reason = _exception_line(error)
-                    if kind == "pretrain" and "PretrainingInProgressError" in reason and _pretraining_holder(runner, payload):
-                        # another process took the lease first (a job this run's earlier dispatcher
-                        # left queued, say): its encoder serves these cells as well
-                        watched.add(payload)
-                        progress.total += 1
-                        echo(f"{payload}: its pretraining is running in another process; waiting for its encoder")
-                        continue
-                    result.failures.append(f"{kind} {name}: {reason} (log: {job.paths.stderr})")
-                    echo(f"failed: {kind} {name}: {reason}")
-                    if kind == "pretrain":
-                        dropped = waiting.pop(payload, [])
-                        result.failures.extend(f"cell {cell.record_name}: not run, its pretraining failed" for cell in dropped)
-                        progress.update(len(dropped))
-                    continue
-                if kind == "pretrain":
-                    echo(f"pretrained {payload} (job {job.job_id})")
-                    ready.extend(("cell", cell) for cell in waiting.pop(payload, []))
-                else:
-                    result.written += int(outcome)
-                    echo(f"[{progress.n}/{progress.total} jobs] {_cell_line(runner, payload, job)}")
-            for method in sorted(watched):
-                if _pretraining_holder(runner, method) is not None:
-                    continue
-                # the holder let go (it stores the encoder before it does) or died
-                watched.discard(method)
-                if runner.encoder_is_stored(method):
-                    progress.update(1)
-                    echo(f"pretrained {method} (by the process that held its pretraining)")
-                    ready.extend(("cell", cell) for cell in waiting.pop(method, []))
-                else:
-                    echo(f"{method}: the pretraining it waited for stopped without an encoder; submitted again "
-                         f"(it resumes from its last checkpoint)")
-                    ready.appendleft(("pretrain", method))
+            for job in [job for job in grid.running if job.done()]:
+                grid.collect(job)
+            grid.look_at_watched()
     except BaseException:
         # Ctrl-C, SIGTERM/SIGHUP (turned into SystemExit by the CLI) or an error while polling:
         # the jobs of this run would otherwise go on (SLURM) or be orphaned; finished cells keep
         # their records and a cut-off pretraining its checkpoints
-        cancel_jobs(list(running), grace_seconds=cancel_grace_seconds)
-        echo(f"interrupted: {len(running)} running job(s) cancelled; the same command resumes")
+        cancel_jobs(list(grid.running), grace_seconds=cancel_grace_seconds)
+        echo(f"interrupted: {len(grid.running)} running job(s) cancelled; the same command resumes")
         raise
-    progress.close()
-    return result
+    grid.progress.close()
+    return grid.result
+
+
+class _Grid:
+    """The dispatcher's state: jobs ready to submit (pretraining first), cells waiting for their
+    method's encoder, methods pretrained by a process this run did not start, and running jobs."""
+
+    def __init__(self, runner: Runner, executors: Executors, jobs: int, echo: Callable[[str], None]):
+        self.runner, self.executors, self.echo = runner, executors, echo
+        self.result = DispatchResult()
+        self.waiting: dict[str, list[Cell]] = {}  # method -> cells held back until its encoder is stored
+        self.watched: set[str] = set()
+        self.ready: deque = deque()  # (kind, payload): ("pretrain", method) or ("cell", cell)
+        self.running: dict = {}  # submitit job -> (kind, payload, slot)
+        self.free_slots = list(range(jobs))
+        self.progress = None
+
+    def queue(self, plan: RunPlan) -> None:
+        """Sort the plan's pending cells: not runnable here, ready now, or waiting for a pretraining."""
+        self.waiting = cells_by_method(self.runner.pending(plan.cells))
+        for method in list(self.waiting):
+            if method in plan.cannot_run:
+                self.result.missing[method] = plan.cannot_run[method]
+                self.echo(f"{method}: {len(self.waiting.pop(method))} cell(s) not run: {plan.cannot_run[method]}")
+            elif not get_method(method).pretrains or self.runner.encoder_is_stored(method):
+                self.ready.extend(("cell", cell) for cell in self.waiting.pop(method))
+            elif (holder := _pretraining_holder(self.runner, method)) is not None:
+                # e.g. the job of a dispatcher that was killed: submitting it again would train twice
+                self.watched.add(method)
+                self.echo(f"{method}: its pretraining is running already ({holder}); waiting for its encoder")
+            else:
+                self.ready.appendleft(("pretrain", method))  # pretraining jobs go first: the most work waits on them
+        total = len(self.ready) + len(self.watched) + sum(len(held) for held in self.waiting.values())
+        self.progress = tqdm(total=total, desc="jobs", unit="job", disable=None)
+
+    def submit_ready(self) -> None:
+        while self.ready and self.free_slots:
+            kind, payload = self.ready.popleft()
+            slot = self.free_slots.pop(0)
+            self.running[self.executors.submit(kind, slot, self.runner, payload)] = (kind, payload, slot)
+
+    def collect(self, job) -> None:
+        """A finished job: its cell's line, its method's cells released, or its failure recorded."""
+        kind, payload, slot = self.running.pop(job)
+        self.free_slots.append(slot)
+        self.free_slots.sort()
+        self.progress.update(1)
+        try:
+            outcome = job.results()[0]  # a job of several tasks (DDP pretraining) has one result each
+        except Exception as error:  # the job's traceback is in its log; one line here
+            self._failed(job, kind, payload, _exception_line(error))
+            return
+        if kind == "pretrain":
+            self.echo(f"pretrained {payload} (job {job.job_id})")
+            self.ready.extend(("cell", cell) for cell in self.waiting.pop(payload, []))
+        else:
+            self.result.written += int(outcome)
+            self.echo(f"[{self.progress.n}/{self.progress.total} jobs] {_cell_line(self.runner, payload, job)}")
+
+    def _failed(self, job, kind: str, payload, reason: str) -> None:
+        if kind == "pretrain" and "PretrainingInProgressError" in reason and _pretraining_holder(self.runner, payload):
+            # another process took the lease first (a job this run's earlier dispatcher
+            # left queued, say): its encoder serves these cells as well
+            self.watched.add(payload)
+            self.progress.total += 1
+            self.echo(f"{payload}: its pretraining is running in another process; waiting for its encoder")
+            return
+        name = payload if kind == "pretrain" else payload.record_name
+        self.result.failures.append(f"{kind} {name}: {reason} (log: {job.paths.stderr})")
+        self.echo(f"failed: {kind} {name}: {reason}")
+        if kind == "pretrain":
+            dropped = self.waiting.pop(payload, [])
+            self.result.failures.extend(f"cell {cell.record_name}: not run, its pretraining failed" for cell in dropped)
+            self.progress.update(len(dropped))
+
+    def look_at_watched(self) -> None:
+        """A pretraining held elsewhere that let go (it stores the encoder before it does) or died."""
+        for method in sorted(self.watched):
+            if _pretraining_holder(self.runner, method) is not None:
+                continue
+            self.watched.discard(method)
+            if self.runner.encoder_is_stored(method):
+                self.progress.update(1)
+                self.echo(f"pretrained {method} (by the process that held its pretraining)")
+                self.ready.extend(("cell", cell) for cell in self.waiting.pop(method, []))
+            else:
+                self.echo(f"{method}: the pretraining it waited for stopped without an encoder; submitted again "
+                          f"(it resumes from its last checkpoint)")
+                self.ready.appendleft(("pretrain", method))
 
 
 def cancel_jobs(jobs: list, grace_seconds: float = 30.0) -> None:
@@ -327,12 +349,12 @@ def _pretraining_holder(runner: Runner, method: str) -> str | None:
 def _cell_line(runner, cell, job) -> str:
     """The finished cell's score, read from its record (the job's own line is in its log)."""
     try:
-        record = json.loads(runner.cell_path(cell).read_text())
-        score = record["metrics"][record["headline_metric"]]
-        shown = f"{record['headline_metric']} {score:.4f}" if score is not None else f"{record['headline_metric']} undefined"
-        return f"{cell.record_name}: {shown} (job {job.job_id})"
-    except (OSError, ValueError, KeyError, TypeError):
+        record = read_record(runner.cell_path(cell))
+    except RecordError:
         return f"{cell.record_name}: done (job {job.job_id})"
+    score = record.score(record.headline_metric)
+    shown = f"{record.headline_metric} {score:.4f}" if score is not None else f"{record.headline_metric} undefined"
+    return f"{cell.record_name}: {shown} (job {job.job_id})"
 
 
 def _exception_line(error: Exception) -> str:

@@ -35,7 +35,8 @@ import torch
 
 from cxrbench.benchmark.pretrain import TrainingOptions, pretrain
 from cxrbench.benchmark.profiles import load_profile
-from cxrbench.benchmark.runner import Runner, method_hyperparameters, plan_cells
+from cxrbench.benchmark.plan import grid_cells
+from cxrbench.benchmark.runner import Runner, method_hyperparameters
 from cxrbench.datasets import DATASETS
 from cxrbench.datasets.phantom_sources import cache_root
 from cxrbench.methods import available_methods, get_method
@@ -185,7 +186,7 @@ def cells_check(profile: dict, device: torch.device, scratch: Path) -> Check:
         check_profile = load_profile(CHECK_PROFILE)
         check_profile["data"] = _check_data(profile)
         runner = Runner(check_profile, scratch / "cells-run", device, echo=lambda line: None)
-        records = runner.run(plan_cells(["sup1"], ["phantom-nih"], ["frozen", "finetune"], [100.0], [0]))
+        records = runner.run(grid_cells(["sup1"], ["phantom-nih"], ["frozen", "finetune"], [100.0], [0]))
         if len(records) != 2:
             raise RuntimeError(f"{len(records)} of 2 records written")
         scores = ", ".join(f"{r['cell']['protocol']} {r['metrics'][r['headline_metric']]:.3f}" for r in records)

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxrbench.records.io import now
+
 LEASE_NAME = "RUNNING.json"
 HEARTBEAT_SECONDS = 30.0
 STALE_AFTER_SECONDS = 300.0  # ten missed heartbeats
@@ -93,9 +95,10 @@ def _is_live(holder: LeaseHolder, stale_after: float) -> bool:
     return True
 
 
-def live_holder(directory: Path, stale_after: float = STALE_AFTER_SECONDS) -> LeaseHolder | None:
-    """The live holder of the lease in ``directory``; None when the lease is free or stale."""
-    holder = _read_holder(Path(directory) / LEASE_NAME)
+def live_holder(directory: Path, stale_after: float = STALE_AFTER_SECONDS, name: str = LEASE_NAME) -> LeaseHolder | None:
+    """The live holder of the lease ``name`` in ``directory`` (a cell's claim is ``cells/claims/CELL.json``);
+    None when the lease is free or stale."""
+    holder = _read_holder(Path(directory) / name)
     return holder if holder is not None and _is_live(holder, stale_after) else None
 
 
@@ -110,8 +113,6 @@ class PretrainingLease:
         self.heartbeat_seconds, self.stale_after = heartbeat_seconds, stale_after
         self._stop = threading.Event()
         self._beating: threading.Thread | None = None
-        from cxrbench.benchmark.records import now  # torch comes with it: not at the CLI's import
-
         self.identity = {"host": socket.gethostname(), "pid": os.getpid(), "pid_namespace": _pid_namespace(),
                          "job": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID"), "started": now()}
 

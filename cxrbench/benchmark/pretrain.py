@@ -2,8 +2,8 @@
 
 The schedule is the one the SimCLR/BYOL/VICReg reference code shares: linear warm-up of the
 learning rate, then cosine decay to ``final_lr_fraction`` of the peak, stepped per iteration.
-A method that needs another schedule says so through its hyperparameters
-(``warmup_epochs``, ``final_lr_fraction``).
+A method says which through ``Method.lr_schedule()`` (warm-up epochs, final fraction, per
+step or per epoch).
 
 With a ``checkpoint_dir`` the loop saves, atomically at the end of every epoch, everything it
 needs to continue: the method (parameters, buffers, plain attributes), the optimiser, the
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cxrbench.benchmark.records import atomic_torch_save
+from cxrbench.records.io import atomic_torch_save
 from cxrbench.distributed import World, average_across_processes, barrier, convert_sync_batchnorm, gather_objects
 from cxrbench.distributed import world as current_world
 from cxrbench.datasets.prepared import PreparedDataset
-from cxrbench.methods.base import Method
+from cxrbench.methods.base import FIXED_LR, Method
 
 
 @dataclass
@@ -238,9 +238,8 @@ def pretrain(
     if max_steps is not None:
         total_steps = min(total_steps, int(max_steps))
     total_steps = max(1, total_steps)
-    hp = method.hparams
-    warmup_steps = int(round(getattr(hp, "warmup_epochs", 0) * steps_per_epoch))
-    final_fraction = getattr(hp, "final_lr_fraction", 0.0)
+    schedule = method.lr_schedule()
+    warmup_steps = int(round(schedule.warmup_epochs * steps_per_epoch))
 
     method.train()
     step_runner = StepRunner(method, device, options, world)
@@ -302,11 +301,10 @@ def pretrain(
         if views_on.type == "cuda":
             batch = batch.pin_memory().to(views_on, non_blocking=True)  # the copy overlaps the previous step's kernels
         position += batch_size
-        factor = learning_rate_factor(schedule_step(step, steps_per_epoch, method.lr_schedule_unit),
-                                      total_steps, warmup_steps, final_fraction)
+        factor = learning_rate_factor(schedule_step(step, steps_per_epoch, schedule.unit),
+                                      total_steps, warmup_steps, schedule.final_lr_fraction)
         for group, peak in zip(optimizer.param_groups, peak_lrs):
-            # a group marked fixed_lr keeps its rate (SimSiam's predictor, official `--fix-pred-lr`)
-            group["lr"] = peak if group.get("fixed_lr") else peak * factor
+            group["lr"] = peak if group.get(FIXED_LR) else peak * factor
         # the views' random parameters come from the CPU generator wherever the views are made:
         # views made on the GPU equal those made on the CPU, and a resumed run continues them
         views = method.make_views(batch, generator=view_generator)

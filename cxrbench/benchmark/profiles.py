@@ -12,6 +12,20 @@ from cxrbench.methods.backbone import BACKBONES
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
 
+def method_hyperparameters(profile: dict, name: str):
+    """A method's hyperparameters under a profile (its own ``methods:`` entry, or its parent's)."""
+    from cxrbench.methods import get_method  # here: the profile files load without the method registry
+
+    cls = get_method(name)
+    overrides = {**cls.profile_overrides.get(profile.get("name"), {}), **(profile.get("methods", {}).get(cls.profile_key or name) or {})}
+    return cls.resolve_hyperparameters(overrides)
+
+
+def run_backbone(profile: dict) -> str:
+    """The run's trunk, ``model.backbone`` (ResNet-18 in run folders made before the key existed)."""
+    return (profile.get("model") or {}).get("backbone", "resnet18")
+
+
 def available_profiles() -> list[str]:
     return sorted(path.stem for path in PROFILE_DIR.glob("*.yaml"))
 

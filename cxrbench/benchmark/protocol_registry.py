@@ -14,12 +14,11 @@ profile's ``evaluation.<name>`` section, or else from its ``default_config[profi
 
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
-import warnings
 
 from cxrbench.benchmark.protocols import FinetuneProtocol, FrozenProtocol
 from cxrbench.benchmark.segmentation import SegmentationProtocol
+from cxrbench.plugins import load_entry_points
 
 PROTOCOLS = {protocol.name: protocol for protocol in (FrozenProtocol(), FinetuneProtocol(), SegmentationProtocol())}
 BUILT_IN = tuple(PROTOCOLS)  # what ``--protocol all`` runs
@@ -34,25 +33,18 @@ KNOWN_PLUGINS = {
 }
 
 
-def _load_plugins() -> None:
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        origin = entry_point.dist.name if entry_point.dist is not None else entry_point.value
-        try:
-            loaded = entry_point.load()
-            protocol = loaded() if inspect.isclass(loaded) else loaded
-        except Exception as error:  # a plugin must never take the whole suite down
-            warnings.warn(f"cxrbench: plugin protocol {entry_point.name!r} from {origin} failed to load: {error}")
-            continue
-        missing = [attribute for attribute in ("tasks", "description", "prepare_shared", "run") if not hasattr(protocol, attribute)]
-        if missing:
-            warnings.warn(f"cxrbench: plugin protocol {entry_point.name!r} from {origin} lacks {missing}; not loaded")
-        elif entry_point.name in PROTOCOLS:
-            warnings.warn(f"cxrbench: plugin protocol {entry_point.name!r} from {origin} has the name of a "
-                          f"{PROTOCOL_ORIGINS[entry_point.name]} protocol; ignored")
-        else:
-            protocol.name = entry_point.name
-            PROTOCOLS[entry_point.name] = protocol
-            PROTOCOL_ORIGINS[entry_point.name] = origin
+def _accept_plugin(name: str, loaded, origin: str) -> str | None:
+    """Register a protocol (a class is instantiated); or say why it cannot be."""
+    protocol = loaded() if inspect.isclass(loaded) else loaded
+    missing = [attribute for attribute in ("tasks", "description", "prepare_shared", "run") if not hasattr(protocol, attribute)]
+    if missing:
+        return f"lacks {missing}"
+    if name in PROTOCOLS:
+        return f"has the name of a {PROTOCOL_ORIGINS[name]} protocol"
+    protocol.name = name
+    PROTOCOLS[name] = protocol
+    PROTOCOL_ORIGINS[name] = origin
+    return None
 
 
 def protocol_config(profile: dict, name: str) -> dict:
@@ -67,4 +59,4 @@ def protocol_config(profile: dict, name: str) -> dict:
                    f"(add evaluation.{name} to the profile)")
 
 
-_load_plugins()
+load_entry_points(ENTRY_POINT_GROUP, "protocol", _accept_plugin)

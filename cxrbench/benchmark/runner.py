@@ -20,7 +20,6 @@ import hashlib
 import io
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -31,38 +30,32 @@ from tqdm.auto import tqdm
 from cxrbench.benchmark.diagnostics import encoder_diagnostics, relative_change
 from cxrbench.benchmark.errors import StoredEncoderError
 from cxrbench.benchmark.lease import LeaseHolder, PretrainingInProgressError, PretrainingLease, live_holder
+from cxrbench.benchmark.plan import RunPlan, cells_by_method
 from cxrbench.benchmark.pretrain import TrainingOptions, pretrain
+from cxrbench.benchmark.profiles import method_hyperparameters, run_backbone
 from cxrbench.benchmark.protocol_registry import PROTOCOLS, protocol_config
-from cxrbench.benchmark.statistics import bootstrap_interval, statistic_from_predictions
-from cxrbench.benchmark.records import atomic_torch_save, atomic_write_bytes, atomic_write_json, environment, now, read_json
 from cxrbench.datasets import DATASETS, PreparedDataset
 from cxrbench.distributed import barrier, sum_across_processes, world
 from cxrbench.methods import get_method
 from cxrbench.methods.base import Method
 from cxrbench.methods.external import register_encoder_rows
+from cxrbench.records.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, now, read_json
+from cxrbench.records.layout import CHECKPOINTS, ENCODER, PRETRAIN_RECORD, ResultsFolder
+from cxrbench.records.provenance import environment
+from cxrbench.records.schema import Cell, CellRecord, PretrainRecord, read_record, record_problem
+from cxrbench.records.statistics import bootstrap_interval, statistic_from_predictions
 
 
-def method_hyperparameters(profile: dict, name: str):
-    """A method's hyperparameters under a profile (its own ``methods:`` entry, or its parent's)."""
-    cls = get_method(name)
-    overrides = {**cls.profile_overrides.get(profile.get("name"), {}), **(profile.get("methods", {}).get(cls.profile_key or name) or {})}
-    return cls.resolve_hyperparameters(overrides)
-
-
-def run_backbone(profile: dict) -> str:
-    """The run's trunk, ``model.backbone`` (ResNet-18 in run folders made before the key existed)."""
-    return (profile.get("model") or {}).get("backbone", "resnet18")
-
-
-def _read_stored_encoder(directory: Path):
+def _read_stored_encoder(directory: Path) -> tuple[dict, PretrainRecord]:
     try:
-        return torch.load(directory / "encoder.pth", map_location="cpu", weights_only=True), read_json(directory / "record.json")
+        return (torch.load(directory / ENCODER, map_location="cpu", weights_only=True),
+                read_record(directory / PRETRAIN_RECORD, PretrainRecord))
     except Exception as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise StoredEncoderError(
             f"{directory}: its stored encoder cannot be read ({type(error).__name__}: {reason}); delete "
-            f"{directory / 'encoder.pth'} and {directory / 'record.json'} and run the same command: the pretraining "
-            f"resumes from its last checkpoint in {directory / 'checkpoints'}") from None
+            f"{directory / ENCODER} and {directory / PRETRAIN_RECORD} and run the same command: the pretraining "
+            f"resumes from its last checkpoint in {directory / CHECKPOINTS}") from None
 
 
 def holds_results(out_dir: Path) -> bool:
@@ -89,34 +82,6 @@ def _profile_keys_with_results(out_dir: Path) -> set[str]:
     return keys
 
 
-def record_problem(path: Path, cell: Cell) -> str | None:
-    """Why the file at ``path`` is not a complete record of ``cell``, or None if it is."""
-    import json
-
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return f"unreadable ({type(error).__name__}: {error})"
-    if not isinstance(record, dict) or not isinstance(record.get("cell"), dict):
-        return "not a cell record (no 'cell')"
-    stored = record["cell"]
-    try:
-        same = (stored["method"], stored["dataset"], stored["protocol"], float(stored["label_fraction"]), int(stored["seed"])) \
-            == (cell.method, cell.dataset, cell.protocol, float(cell.label_fraction), int(cell.seed))
-    except (KeyError, TypeError, ValueError):
-        same = False
-    if not same:
-        return f"holds another cell ({stored})"
-    if not isinstance(record.get("metrics"), dict):
-        return "has no metrics"
-    predictions = record.get("predictions_file")
-    if predictions is not None and (not isinstance(predictions, str) or not predictions or Path(predictions).name != predictions):
-        return f"predictions_file {predictions!r} is not a file name"
-    if predictions and not (path.parent / predictions).is_file():
-        return f"its predictions file {predictions} is missing"
-    return None
-
-
 class LeaseDecision(enum.IntEnum):
     """What rank 0 found at a pretraining's lease, shared with the other ranks as a number."""
 
@@ -124,31 +89,6 @@ class LeaseDecision(enum.IntEnum):
     STORED = 1
     REFUSED = 2
     FAILED = 3
-
-
-@dataclass(frozen=True)
-class Cell:
-    method: str
-    dataset: str
-    protocol: str
-    label_fraction: float
-    seed: int
-
-    @property
-    def record_name(self) -> str:
-        fraction = f"{self.label_fraction:g}".replace(".", "p")
-        return f"{self.method}__{self.dataset}__{self.protocol}__{fraction}pct__seed{self.seed}"
-
-
-def plan_cells(methods, datasets, protocols, label_fractions, seeds) -> list[Cell]:
-    return [
-        Cell(method, dataset, protocol, float(fraction), int(seed))
-        for method in methods
-        for dataset in datasets
-        for protocol in protocols
-        for fraction in label_fractions
-        for seed in seeds
-    ]
 
 
 class Runner:
@@ -160,6 +100,7 @@ class Runner:
         # probe's features) on disk, so the other cells of that encoder load it
         self.persist_shared = persist_shared
         self.out_dir = Path(out_dir)
+        self.folder = ResultsFolder(self.out_dir)
         self.device = device
         self.echo = echo
         self._datasets: dict[str, PreparedDataset] = {}
@@ -180,7 +121,7 @@ class Runner:
         holds other methods' records is allowed, and is refused only while records of that method
         (or of a variant reading its entry) are there.
         """
-        stored_path = Path(out_dir) / "run.json"
+        stored_path = ResultsFolder(out_dir).run_json
         if not stored_path.is_file() or not holds_results(Path(out_dir)):
             return None  # a folder without records takes any configuration (claim_out_dir rewrites run.json)
         try:
@@ -196,7 +137,7 @@ class Runner:
     def claim_out_dir(self) -> None:
         """Store the profile in ``run.json``. Called after ``configuration_conflict`` found none, so
         any difference from the stored one is in the entry of a method with no results here."""
-        path = self.out_dir / "run.json"
+        path = self.folder.run_json
         if not path.is_file() or not holds_results(self.out_dir) or read_json(path).get("profile") != self.profile:
             created = read_json(path).get("created") if path.is_file() and holds_results(self.out_dir) else None
             atomic_write_json(path, {"profile": self.profile, "created": created or now()})
@@ -211,7 +152,7 @@ class Runner:
     # --- paths
 
     def cell_path(self, cell: Cell) -> Path:
-        return self.out_dir / "cells" / f"{cell.record_name}.json"
+        return self.folder.cell_record(cell.record_name)
 
     def has_record(self, cell: Cell) -> bool:
         """Whether ``cell`` has a complete record; a damaged one is moved aside (never deleted) and
@@ -222,7 +163,7 @@ class Runner:
         problem = record_problem(path, cell)
         if problem is None:
             return True
-        aside = self.out_dir / "cells" / "damaged" / f"{path.stem}.{time.strftime('%Y%m%dT%H%M%S')}{path.suffix}"
+        aside = self.folder.damaged / f"{path.stem}.{time.strftime('%Y%m%dT%H%M%S')}{path.suffix}"
         aside.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):  # another process of this run moved it first
             path.rename(aside)
@@ -230,7 +171,7 @@ class Runner:
         return False
 
     def pretrain_dir(self, method: str, dataset: str) -> Path:
-        return self.out_dir / "pretrain" / f"{method}__{dataset}"
+        return self.folder.pretrain_dir(method, dataset)
 
     # --- stages
 
@@ -242,13 +183,13 @@ class Runner:
 
     def encoder_is_stored(self, method_name: str) -> bool:
         directory = self.pretrain_dir(method_name, self.profile["pretrain"]["dataset"])
-        return (directory / "record.json").is_file() and (directory / "encoder.pth").is_file()
+        return (directory / PRETRAIN_RECORD).is_file() and (directory / ENCODER).is_file()
 
     def pretraining_holder(self, method_name: str) -> LeaseHolder | None:
         """The live process pretraining this method into this output directory, if any."""
         return live_holder(self.pretrain_dir(method_name, self.profile["pretrain"]["dataset"]))
 
-    def pretrained_encoder(self, method_name: str) -> tuple[dict, dict]:
+    def pretrained_encoder(self, method_name: str) -> tuple[dict, PretrainRecord]:
         """Pretrain once (or reuse the stored encoder); returns (state dict, pretrain record)."""
         settings = self.profile["pretrain"]
         directory = self.pretrain_dir(method_name, settings["dataset"])
@@ -262,7 +203,7 @@ class Runner:
                     method, dataset,
                     batch_size=int(settings["batch_size"]), epochs=float(settings["epochs"]),
                     max_steps=settings.get("max_steps"), seed=seed, device=self.device,
-                    description=f"pretrain {method_name}", checkpoint_dir=directory / "checkpoints",
+                    description=f"pretrain {method_name}", checkpoint_dir=directory / CHECKPOINTS,
                     options=TrainingOptions.from_settings(settings),
                     log_dir=directory / "tensorboard",  # `tensorboard --logdir OUT` draws every method's curves
                 )
@@ -307,34 +248,23 @@ class Runner:
 
     def _store_pretraining(self, method_name: str, method: Method, dataset: PreparedDataset, seed: int, result, directory: Path) -> None:
         settings = self.profile["pretrain"]
-        record_path, encoder_path = directory / "record.json", directory / "encoder.pth"
+        record_path, encoder_path = directory / PRETRAIN_RECORD, directory / ENCODER
         diagnostics = encoder_diagnostics(result.encoder_state_dict, dataset, self.device)
         torch.manual_seed(seed)
         initial_state = self.build_method(method_name).export_encoder()
         diagnostics_at_init = encoder_diagnostics(initial_state, dataset, self.device)
         # how far pretraining moved the weights (BN running statistics excluded)
         diagnostics["relative_weight_change"] = relative_change(initial_state, result.encoder_state_dict)
-        record = {
-            "method": method_name,
-            "pretrain_dataset": settings["dataset"],
-            "seed": seed,
-            "hyperparameters": dataclasses.asdict(method.hparams),
-            "pretrain_settings": settings,
-            "processes": world().size,
-            "steps": result.steps,
-            "epochs": result.epochs,
-            "seconds": result.seconds,
-            "history": result.history,
-            "step_history": result.step_history,  # every k-th step (at most ~400 points): curves per step
-            # collapse check: the exported encoder against the same network at initialisation
-            "diagnostics": {"pretrained": diagnostics, "initialisation": diagnostics_at_init},
-            "environment": self._environment,
-            "created": now(),
-        }
+        record = PretrainRecord(
+            method=method_name, pretrain_dataset=settings["dataset"], seed=seed, hyperparameters=dataclasses.asdict(method.hparams),
+            pretrain_settings=settings, processes=world().size, steps=result.steps, epochs=result.epochs, seconds=result.seconds,
+            history=result.history, step_history=result.step_history,
+            diagnostics={"pretrained": diagnostics, "initialisation": diagnostics_at_init},
+            environment=self._environment, created=now())
         # encoder first, record last: a record only exists next to a complete encoder
         atomic_torch_save(encoder_path, result.encoder_state_dict)
-        atomic_write_json(record_path, record)
-        shutil.rmtree(directory / "checkpoints", ignore_errors=True)  # only needed to resume this stage
+        atomic_write_json(record_path, record.to_json())
+        shutil.rmtree(directory / CHECKPOINTS, ignore_errors=True)  # only needed to resume this stage
         last = result.history[-1] if result.history else {}
         self.echo(
             f"pretrained {method_name} on {settings['dataset']}: {result.steps} steps in {result.seconds:.1f}s, "
@@ -343,43 +273,42 @@ class Runner:
             f"(init {diagnostics_at_init['effective_rank']:.1f})"
         )
 
-    def run(self, cells: list[Cell]) -> list[dict]:
-        """Evaluate every cell without a record; returns the records written this run.
+    def pending(self, cells: list[Cell]) -> list[Cell]:
+        """The cells without a complete record, after claiming the folder for this run's profile;
+        a damaged record is moved aside first (by rank 0, before any rank looks)."""
+        if world().is_main:
+            self.claim_out_dir()
+            for cell in cells:
+                self.has_record(cell)
+        barrier()
+        pending = [cell for cell in cells if not self.cell_path(cell).is_file()]
+        barrier()  # every rank has the same list before any writes a record
+        if len(pending) < len(cells):
+            self.echo(f"{len(cells) - len(pending)} of {len(cells)} cells already have a record in {self.out_dir}: skipped")
+        return pending
+
+    def run(self, plan: RunPlan | list[Cell]) -> list[CellRecord]:
+        """Evaluate every planned cell without a record; returns the records written this run.
 
         Under torchrun all ranks pretrain each method together, then share out its cells
         (rank r takes every N-th); each returns the records it wrote.
         """
-        if world().is_main:
-            self.claim_out_dir()
-        if world().is_main:
-            for cell in cells:
-                self.has_record(cell)  # a damaged record is moved aside here, before any rank looks
-        barrier()
-        pending = [cell for cell in cells if not self.cell_path(cell).is_file()]
-        barrier()  # every rank has the same list before any writes a record
-        skipped = len(cells) - len(pending)
-        if skipped:
-            self.echo(f"{skipped} of {len(cells)} cells already have a record in {self.out_dir}: skipped")
-        written = []
-        by_method: dict[str, list[Cell]] = {}
-        for cell in pending:
-            by_method.setdefault(cell.method, []).append(cell)
-        # this rank's share of each method's cells (all of them in one process)
-        mine = {method: method_cells[world().rank :: world().size] for method, method_cells in by_method.items()}
-        unavailable = {name: get_method(name).cannot_run(self.hyperparameters(name), run_backbone(self.profile))
-                       for name in by_method}
-        runnable = [name for name in by_method if not unavailable[name]]
-        total = sum(len(mine[name]) for name in runnable)
-        progress = tqdm(total=total, desc="cells", unit="cell", disable=None if world().is_main else True)
-        clock = _ProgressClock(total, sum(1 for name in runnable if get_method(name).pretrains and not self.encoder_is_stored(name)))
+        plan = plan if isinstance(plan, RunPlan) else RunPlan.for_cells(plan, self.profile)
+        by_method = cells_by_method(self.pending(plan.cells))
         for method_name, method_cells in by_method.items():
-            method_cls = get_method(method_name)
-            reason = unavailable[method_name]
-            if reason:
+            if method_name in plan.cannot_run:
                 # reported, never silently replaced: the table shows these cells as missing
-                self.missing[method_name] = reason
-                self.echo(f"{method_name}: {len(method_cells)} cell(s) not run: {reason}")
-                continue
+                self.missing[method_name] = plan.cannot_run[method_name]
+                self.echo(f"{method_name}: {len(method_cells)} cell(s) not run: {plan.cannot_run[method_name]}")
+        # this rank's share of each method's cells (all of them in one process)
+        mine = {method: method_cells[world().rank :: world().size] for method, method_cells in by_method.items()
+                if method not in plan.cannot_run}
+        total = sum(len(cells) for cells in mine.values())
+        progress = tqdm(total=total, desc="cells", unit="cell", disable=None if world().is_main else True)
+        clock = _ProgressClock(total, sum(1 for name in mine if get_method(name).pretrains and not self.encoder_is_stored(name)))
+        written = []
+        for method_name in mine:
+            method_cls = get_method(method_name)
             if method_cls.pretrains:
                 was_stored, started = self.encoder_is_stored(method_name), time.perf_counter()
                 pretrained_state, pretrain_record = self.pretrained_encoder(method_name)
@@ -400,11 +329,11 @@ class Runner:
         barrier()  # the run is over when every rank's cells are
         return written
 
-    def _run_claimed(self, cell: Cell, method_cls, pretrained_state, pretrain_record, shared_cache) -> dict | None:
+    def _run_claimed(self, cell: Cell, method_cls, pretrained_state, pretrain_record, shared_cache) -> CellRecord | None:
         """Evaluate ``cell`` while holding its claim (``cells/claims/CELL.json``, the pretraining
         lease's mechanism), so that concurrent runs and jobs over one folder never compute a cell
         twice; None if another process holds it or finished it meanwhile."""
-        claim = PretrainingLease(self.out_dir / "cells" / "claims", name=f"{cell.record_name}.json", activity="evaluated")
+        claim = PretrainingLease(self.folder.claims, name=f"{cell.record_name}.json", activity="evaluated")
         try:
             claim.acquire()
         except PretrainingInProgressError as error:
@@ -418,14 +347,14 @@ class Runner:
         finally:
             claim.release()
 
-    def _run_cell(self, cell: Cell, method_cls, pretrained_state, pretrain_record, shared_cache) -> dict:
+    def _run_cell(self, cell: Cell, method_cls, pretrained_state, pretrain_record: PretrainRecord | None, shared_cache) -> CellRecord:
         protocol = PROTOCOLS[cell.protocol]
         dataset = self.dataset(cell.dataset)
         if pretrained_state is not None:
             # the pretraining's creation time names this encoder: features stored for an earlier
             # pretraining of the same method are never taken for this one's
             encoder_state = pretrained_state
-            encoder_key = "pretrained-" + hashlib.sha1(pretrain_record["created"].encode()).hexdigest()[:10]
+            encoder_key = "pretrained-" + hashlib.sha1(pretrain_record.created.encode()).hexdigest()[:10]
         else:
             # no pretraining stage: the encoder is the method's initialisation, drawn per seed
             torch.manual_seed(cell.seed)
@@ -437,62 +366,14 @@ class Runner:
         shared_seconds = time.perf_counter() - started
         config = protocol_config(self.profile, cell.protocol)
         result = protocol.run(encoder_state, dataset, cell.label_fraction, cell.seed, config, self.device, shared_cache[cache_key])
-        predictions_name = f"{cell.record_name}.predictions.npz"
-        interval = self._bootstrap_interval(result.predictions)
-        train_positions = dataset.label_fraction_positions(cell.label_fraction, cell.seed)
-        train_ids = dataset.index["image_id"].iloc[train_positions]
-        subset_file = dataset.subset_file(cell.label_fraction, cell.seed)
-        label_subset = {
-            "source": str(subset_file.relative_to(dataset.root)) if subset_file.is_file() else "drawn: nested, by patient, stratified",
-            "num_images": int(len(train_positions)),
-            "num_patients": int(dataset.index["patient_id"].iloc[train_positions].nunique()),
-            "sha1_of_image_ids": hashlib.sha1("\n".join(train_ids).encode()).hexdigest(),
-            # the class rule: such a class still trains (all-negative); at test a class without
-            # positives is left out of the mean and listed under metrics.undefined_classes
-            "classes_without_positives": [name for name, count in zip(dataset.label_columns, dataset.targets(train_positions).sum(0)) if count == 0],
-        }
-        record = {
-            "cell": dataclasses.asdict(cell),
-            "method_display_name": method_cls.display_name,
-            "method_is_baseline": method_cls.is_baseline,
-            "method_ablation": getattr(method_cls, "ablation", None),  # Table III switches, if any
-            "method_provenance": method_cls.provenance(),  # an encoder row's file: SHA-256, format, key mapping
-            "method_backbone": method_cls.trunk(run_backbone(self.profile)),
-            "pretrain_dataset": pretrain_record["pretrain_dataset"] if pretrain_record else None,
-            "task": dataset.task,
-            "label_columns": dataset.label_columns,
-            "num_train_images": result.num_train_images,
-            "label_subset": label_subset,
-            "dataset_root": str(dataset.root),
-            "headline_metric": result.headline,
-            # the protocol's feature version ("bn-train": BatchNorm re-estimated before a frozen probe),
-            # so a report can say how the records it reads were made
-            "protocol_version": getattr(protocol, "shared_version", None),
-            "metrics": result.metrics,
-            "bootstrap": interval,
-            "selection": result.selection,
-            "timing": {
-                "pretrain_s": pretrain_record["seconds"] if pretrain_record else 0.0,
-                "shared_s": shared_seconds,
-                **result.timing,
-            },
-            "config": {
-                "profile": self.profile,
-                "protocol": config,
-                "method_hyperparameters": pretrain_record["hyperparameters"] if pretrain_record else {},
-            },
-            "pretrain_record": str(self.pretrain_dir(cell.method, pretrain_record["pretrain_dataset"]).relative_to(self.out_dir)) if pretrain_record else None,
-            "predictions_file": predictions_name,
-            "environment": self._environment,
-            "created": now(),
-        }
+        record = self._cell_record(cell, method_cls, pretrain_record, dataset, protocol, config, result, shared_seconds)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **result.predictions)
         # predictions first, record last: the record is what marks the cell done
-        atomic_write_bytes(self.cell_path(cell).with_name(predictions_name), buffer.getvalue())
-        atomic_write_json(self.cell_path(cell), record)
-        _log_validation_curves(self.out_dir / "cells" / "tensorboard" / cell.record_name, result.selection)
-        score = result.metrics[result.headline]
+        atomic_write_bytes(self.cell_path(cell).with_name(record.predictions_file), buffer.getvalue())
+        atomic_write_json(self.cell_path(cell), record.to_json())
+        _log_validation_curves(self.folder.cell_tensorboard(cell.record_name), result.selection)
+        score, interval = result.metrics[result.headline], record.bootstrap
         self.echo(
             self._position
             + f"{cell.method:>10} {cell.dataset:>14} {cell.protocol:>12} {cell.label_fraction:>5g}% seed {cell.seed}: "
@@ -502,10 +383,42 @@ class Runner:
         )
         return record
 
+    def _cell_record(self, cell: Cell, method_cls, pretrain_record: PretrainRecord | None, dataset: PreparedDataset, protocol,
+                     config: dict, result, shared_seconds: float) -> CellRecord:
+        """The record of an evaluated cell: its scores and interval, and everything that made them."""
+        return CellRecord(
+            cell=cell,
+            method_display_name=method_cls.display_name,
+            method_is_baseline=method_cls.is_baseline,
+            method_baseline_rank=method_cls.baseline_rank,
+            method_is_random_init=method_cls.is_random_init,
+            method_ablation=method_cls.ablation,
+            method_provenance=method_cls.provenance(),
+            method_backbone=method_cls.trunk(run_backbone(self.profile)),
+            pretrain_dataset=pretrain_record.pretrain_dataset if pretrain_record else None,
+            task=dataset.task,
+            label_columns=dataset.label_columns,
+            num_train_images=result.num_train_images,
+            label_subset=_label_subset(dataset, cell),
+            dataset_root=str(dataset.root),
+            headline_metric=result.headline,
+            protocol_version=getattr(protocol, "shared_version", None),
+            metrics=result.metrics,
+            bootstrap=self._bootstrap_interval(result.predictions),
+            selection=result.selection,
+            timing={"pretrain_s": pretrain_record.seconds if pretrain_record else 0.0, "shared_s": shared_seconds, **result.timing},
+            config={"profile": self.profile, "protocol": config,
+                    "method_hyperparameters": pretrain_record.hyperparameters if pretrain_record else {}},
+            pretrain_record=(str(self.pretrain_dir(cell.method, pretrain_record.pretrain_dataset).relative_to(self.out_dir))
+                             if pretrain_record else None),
+            predictions_file=f"{cell.record_name}.predictions.npz",
+            environment=self._environment,
+            created=now(),
+        )
 
     def _prepare_shared(self, protocol, cell: Cell, encoder_key: str, encoder_state: dict, dataset: PreparedDataset):
         version = getattr(protocol, "shared_version", None)
-        path = self.out_dir / "shared" / f"{cell.method}__{encoder_key}__{cell.dataset}__{cell.protocol}{'-' + version if version else ''}.npz"
+        path = self.folder.shared / f"{cell.method}__{encoder_key}__{cell.dataset}__{cell.protocol}{'-' + version if version else ''}.npz"
         if self.persist_shared and path.is_file():
             with np.load(path) as stored:
                 return {name: stored[name] for name in stored.files}
@@ -522,6 +435,23 @@ class Runner:
         resamples = int(self.profile["evaluation"].get("bootstrap_resamples", 1000))
         count = len(predictions["image_ids"])
         return {"statistic": name, **bootstrap_interval(statistic, count, resamples=resamples, seed=0).as_dict(0.95)}
+
+
+def _label_subset(dataset: PreparedDataset, cell: Cell) -> dict:
+    """Which labelled training images the cell used: the subset's file (or how it was drawn), its
+    size in images and patients, a hash of its image ids, and the classes it has no positive of."""
+    train_positions = dataset.label_fraction_positions(cell.label_fraction, cell.seed)
+    train_ids = dataset.index["image_id"].iloc[train_positions]
+    subset_file = dataset.subset_file(cell.label_fraction, cell.seed)
+    return {
+        "source": str(subset_file.relative_to(dataset.root)) if subset_file.is_file() else "drawn: nested, by patient, stratified",
+        "num_images": int(len(train_positions)),
+        "num_patients": int(dataset.index["patient_id"].iloc[train_positions].nunique()),
+        "sha1_of_image_ids": hashlib.sha1("\n".join(train_ids).encode()).hexdigest(),
+        # the class rule: such a class still trains (all-negative); at test a class without
+        # positives is left out of the mean and listed under metrics.undefined_classes
+        "classes_without_positives": [name for name, count in zip(dataset.label_columns, dataset.targets(train_positions).sum(0)) if count == 0],
+    }
 
 
 def _log_validation_curves(log_dir: Path, selection: dict) -> None:
@@ -567,10 +497,10 @@ class _ProgressClock:
                 estimate += self.pretrainings_left * float(np.mean(self.pretraining_seconds))
             else:
                 pretraining = f" + {self.pretrainings_left} pretraining(s)"
-        return f"[{self.done + 1}/{self.cells}, ~{_duration(estimate)}{pretraining} left] "
+        return f"[{self.done + 1}/{self.cells}, ~{format_duration(estimate)}{pretraining} left] "
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     minutes, seconds = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrbench.benchmark.lease import LEASE_NAME, STALE_AFTER_SECONDS, _is_live, _read_holder
+from cxrbench.benchmark.lease import live_holder
+from cxrbench.records.layout import CHECKPOINTS, ENCODER, PRETRAIN_RECORD, ResultsFolder
+from cxrbench.records.schema import CellRecord, PretrainRecord, RecordError, read_record
 
 PLAN_NAME = "plan.json"
 
@@ -45,71 +47,86 @@ def write_plan(out_dir: Path, cells: list, cannot_run: dict[str, str], pretraini
     """The plan of this bench run, for ``bench status`` (replaces the previous run's)."""
     import dataclasses
 
-    from cxrbench.benchmark.records import atomic_write_json, now
+    from cxrbench.records.io import atomic_write_json, now
 
-    atomic_write_json(Path(out_dir) / PLAN_NAME, {
+    atomic_write_json(ResultsFolder(out_dir).plan_json, {
         "created": now(), "command": command, "cannot_run": cannot_run, "pretraining_methods": pretraining_methods,
         "cells": [dataclasses.asdict(cell) | {"record": cell.record_name} for cell in cells],
     })
 
 
 def grid_status(out_dir: Path) -> GridStatus:
-    out_dir = Path(out_dir)
-    plan = json.loads((out_dir / PLAN_NAME).read_text()) if (out_dir / PLAN_NAME).is_file() else None
-    records = {}
-    for path in sorted((out_dir / "cells").glob("*.json")):
-        try:
-            records[path.stem] = json.loads(path.read_text())
-        except ValueError:
-            continue  # a damaged record: the next bench run moves it aside
+    folder = ResultsFolder(out_dir)
+    plan = json.loads(folder.plan_json.read_text()) if folder.plan_json.is_file() else None
+    records = _readable_records(folder)
     running = {}
-    for path in sorted((out_dir / "cells" / "claims").glob("*.json")):
-        holder = _read_holder(path)
-        if holder is not None and _is_live(holder, STALE_AFTER_SECONDS):
+    for path in sorted(folder.claims.glob("*.json")):
+        holder = live_holder(path.parent, name=path.name)
+        if holder is not None:
             running[path.stem] = holder.describe()
-    damaged = sorted(path.name for path in (out_dir / "cells" / "damaged").glob("*.json"))
-    pretrained, pretraining, interrupted = [], {}, []
-    pretrain_seconds = []
-    for directory in sorted((out_dir / "pretrain").glob("*__*")):
-        method = directory.name.split("__")[0]
-        if (directory / "record.json").is_file() and (directory / "encoder.pth").is_file():
-            pretrained.append(method)
-            try:
-                pretrain_seconds.append(float(json.loads((directory / "record.json").read_text())["seconds"]))
-            except (ValueError, KeyError, TypeError):
-                pass
-            continue
-        holder = _read_holder(directory / LEASE_NAME)
-        if holder is not None and _is_live(holder, STALE_AFTER_SECONDS):
-            pretraining[method] = holder.describe()
-        elif any((directory / "checkpoints").glob("*.pt")):
-            interrupted.append(method)
+    damaged = sorted(path.name for path in folder.damaged.glob("*.json"))
+    pretrained, pretraining, interrupted, pretrain_seconds = _pretrainings(folder)
     cells = {cell["record"]: cell for cell in plan["cells"]} if plan else {}
-    planned = list(cells) if plan else None
     cannot_run = dict(plan.get("cannot_run", {})) if plan else {}
     left = [name for name, cell in cells.items() if cell["method"] not in cannot_run and name not in records and name not in running]
     to_pretrain = sorted({cells[name]["method"] for name in left} & set(plan.get("pretraining_methods", [])) - set(pretrained)) if plan else []
+    estimate, basis = None, "no record yet to time a cell by"
+    if records and plan is not None:
+        estimate, basis = _estimate(records, [cells[name]["protocol"] for name in left], len(to_pretrain), pretrain_seconds)
+    cannot_run_count = sum(1 for cell in cells.values() if cell["method"] in cannot_run)
+    return GridStatus(Path(out_dir), list(cells) if plan else None, cannot_run, cannot_run_count, sorted(records), running, damaged,
+                      left, pretrained, pretraining, interrupted, to_pretrain, estimate, basis,
+                      plan.get("created") if plan else None, plan.get("command", []) if plan else [])
 
+
+def _readable_records(folder: ResultsFolder) -> dict[str, CellRecord]:
+    records = {}
+    for path in folder.cell_records():
+        try:
+            records[path.stem] = read_record(path)
+        except RecordError:
+            continue  # a damaged record: the next bench run moves it aside
+    return records
+
+
+def _pretrainings(folder: ResultsFolder) -> tuple[list[str], dict[str, str], list[str], list[float]]:
+    """Methods pretrained, being pretrained (method -> holder), interrupted (checkpoints, no live
+    lease), and the stored pretrainings' seconds."""
+    pretrained, pretraining, interrupted, seconds = [], {}, [], []
+    for directory in sorted(folder.pretrain.glob("*__*")):
+        method = directory.name.split("__")[0]
+        if (directory / PRETRAIN_RECORD).is_file() and (directory / ENCODER).is_file():
+            pretrained.append(method)
+            try:
+                seconds.append(read_record(directory / PRETRAIN_RECORD, PretrainRecord).seconds)
+            except RecordError:
+                pass
+            continue
+        holder = live_holder(directory)
+        if holder is not None:
+            pretraining[method] = holder.describe()
+        elif any((directory / CHECKPOINTS).glob("*.pt")):
+            interrupted.append(method)
+    return pretrained, pretraining, interrupted, seconds
+
+
+def _estimate(records: dict[str, CellRecord], protocols_left: list[str], pretrainings_left: int,
+              pretrain_seconds: list[float]) -> tuple[float, str]:
+    """The time left: each cell left at this folder's mean cell time of its protocol, and each
+    pretraining left at its mean pretraining time; with the basis in words."""
     per_protocol: dict[str, list[float]] = {}
     for record in records.values():
-        timing = record.get("timing", {})
-        seconds = sum(float(timing.get(key, 0.0)) for key in ("shared_s", "train_s", "test_s"))
-        per_protocol.setdefault(record.get("cell", {}).get("protocol", "?"), []).append(seconds)
-    estimate, basis = None, "no record yet to time a cell by"
-    if per_protocol and plan is not None:
-        overall = float(np.mean([s for values in per_protocol.values() for s in values]))
-        estimate = sum(float(np.mean(per_protocol.get(cells[name]["protocol"], [overall]))) for name in left)
-        basis = f"{len(left)} cell(s) at this folder's mean cell time per protocol"
-        if to_pretrain:
-            if pretrain_seconds:
-                estimate += len(to_pretrain) * float(np.mean(pretrain_seconds))
-                basis += f" + {len(to_pretrain)} pretraining(s) at {np.mean(pretrain_seconds):.0f} s each (this folder's mean)"
-            else:
-                basis += f"; not counted: {len(to_pretrain)} pretraining(s), none timed yet"
-    cannot_run_count = sum(1 for cell in cells.values() if cell["method"] in cannot_run)
-    return GridStatus(out_dir, planned, cannot_run, cannot_run_count, sorted(records), running, damaged, left, pretrained, pretraining,
-                      interrupted, to_pretrain, estimate, basis,
-                      plan.get("created") if plan else None, plan.get("command", []) if plan else [])
+        seconds = sum(float(record.timing.get(key, 0.0)) for key in ("shared_s", "train_s", "test_s"))
+        per_protocol.setdefault(record.cell.protocol, []).append(seconds)
+    overall = float(np.mean([s for values in per_protocol.values() for s in values]))
+    estimate = sum(float(np.mean(per_protocol.get(protocol, [overall]))) for protocol in protocols_left)
+    basis = f"{len(protocols_left)} cell(s) at this folder's mean cell time per protocol"
+    if pretrainings_left and pretrain_seconds:
+        estimate += pretrainings_left * float(np.mean(pretrain_seconds))
+        basis += f" + {pretrainings_left} pretraining(s) at {np.mean(pretrain_seconds):.0f} s each (this folder's mean)"
+    elif pretrainings_left:
+        basis += f"; not counted: {pretrainings_left} pretraining(s), none timed yet"
+    return estimate, basis
 
 
 def _names(items, limit: int = 6) -> str:
@@ -118,7 +135,7 @@ def _names(items, limit: int = 6) -> str:
 
 
 def describe(status: GridStatus) -> list[str]:
-    from cxrbench.benchmark.runner import _duration
+    from cxrbench.benchmark.runner import format_duration
 
     lines = []
     if status.planned is None:
@@ -145,7 +162,7 @@ def describe(status: GridStatus) -> list[str]:
         lines.append(f"  interrupted: {_names(status.interrupted)}")
     if status.planned is not None:
         if status.left or status.running or status.pretraining:
-            estimate = f"~{_duration(status.estimate_seconds)}" if status.estimate_seconds is not None else "unknown"
+            estimate = f"~{format_duration(status.estimate_seconds)}" if status.estimate_seconds is not None else "unknown"
             lines.append(f"time left: {estimate} ({status.estimate_basis}), one job at a time")
         else:
             lines.append("nothing left: the plan is complete")

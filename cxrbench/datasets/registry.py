@@ -1,8 +1,17 @@
-"""Registry of dataset sources (mmengine Registry), built-in and from plugins."""
+"""Registry of dataset sources (mmengine Registry), built-in and from plugins.
+
+A package adds a dataset source through the entry-point group ``cxrbench.datasets``: its object
+is a class with ``description``, ``task`` and ``load(data_settings) -> PreparedDataset`` (see
+``phantom_sources.py`` and ``real/sources.py``); the entry point's name is the dataset's name.
+"""
 
 from __future__ import annotations
 
+import inspect
+
 from mmengine.registry import Registry
+
+from cxrbench.plugins import load_entry_points
 
 DATASETS = Registry("cxrbench dataset")
 
@@ -20,6 +29,28 @@ def register_dataset(name: str, origin: str = "built-in"):
         return cls
 
     return decorate
+
+
+ENTRY_POINT_GROUP = "cxrbench.datasets"
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Register every ``cxrbench.datasets`` entry point once (at ``cxrbench.datasets``' import)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    load_entry_points(ENTRY_POINT_GROUP, "dataset", _accept_plugin)
+
+
+def _accept_plugin(name: str, loaded, origin: str) -> str | None:
+    if not inspect.isclass(loaded) or not callable(getattr(loaded, "load", None)):
+        return "is not a dataset source class (a class with load(data_settings))"
+    if name in DATASETS.module_dict:
+        return f"has the name of a {DATASET_ORIGINS[name]} dataset"
+    register_dataset(name, origin=origin)(loaded)
+    return None
 
 
 def available_datasets() -> list[str]:

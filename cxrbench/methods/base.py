@@ -5,7 +5,11 @@ The runner never branches on a method's name. It asks a method for
 * ``pretrains``           whether it has a self-supervised pretraining stage at all;
 * ``make_views(images)``  augmented views of a uint8 batch (B, H, W);
 * ``training_step(views)``  the loss and a dict of scalar logs;
-* ``build_optimizer(...)`` its optimiser (official choice: LARS, SGD, Adam ...);
+* ``build_optimizer(...)`` its optimiser (official choice: LARS, SGD, Adam ...), with each
+  param group's peak learning rate; the loop moves every group's rate by ``lr_schedule()``
+  (linear warm-up, then cosine), except a group marked ``FIXED_LR``;
+* ``lr_schedule()``       that schedule: warm-up epochs, the cosine's final fraction of the peak,
+  and whether the rate moves every step or once per epoch;
 * ``after_optimizer_step(progress)``  hooks such as momentum-encoder updates;
 * ``encoder``             the torchvision ResNet trunk it trains and exports (``backbone``:
   ResNet-18 by default, the paper's; ResNet-50 with ``model.backbone``), whose pooled width
@@ -16,7 +20,13 @@ The runner never branches on a method's name. It asks a method for
   from ``state_dict``) and the plain attributes named in ``checkpoint_attributes``.
 
 A hyperparameter dataclass may carry ``encoder_init`` ("random" or "imagenet") and
-``weights_path``; the base class builds the encoder from them.
+``weights_path``; the base class builds the encoder from them. It may carry ``warmup_epochs``
+and ``final_lr_fraction``; the default ``lr_schedule()`` reads them (none: no warm-up, cosine
+to 0).
+
+What a record says of a method comes from its class: ``display_name``, ``is_baseline``,
+``baseline_rank``, ``is_random_init`` and, for an ablation variant, ``ablation`` (Table III's
+switches).
 
 A method file adds its heads, its loss and its view recipe on top of this, nothing else.
 Hyperparameters are a dataclass per method whose defaults are the official values; a
@@ -30,12 +40,27 @@ import copy
 import dataclasses
 import inspect
 import random
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from cxrbench.methods.backbone import encoder_state_dict, feature_dim, imagenet_weights_missing, resnet_encoder
+
+
+# a param group with this key set keeps its peak learning rate (official SimSiam's `--fix-pred-lr`)
+FIXED_LR = "fixed_lr"
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """Linear warm-up from 0 over ``warmup_epochs``, then cosine decay to ``final_lr_fraction`` of
+    the peak; evaluated every step, or at each epoch's first step (``unit="epoch"``)."""
+
+    warmup_epochs: float = 0.0
+    final_lr_fraction: float = 0.0
+    unit: str = "step"
 
 
 class Method(nn.Module):
@@ -48,6 +73,13 @@ class Method(nn.Module):
     description: ClassVar[str] = ""
     # Supervised baselines are the first rows of every table.
     is_baseline: ClassVar[bool] = False
+    # which baseline a table compares every row with: the lowest rank among the baselines present
+    # (the paper's Sup.2, ImageNet initialisation, 0; Sup.1, random initialisation, 1). Stored in
+    # each record, so reports choose the baseline from the records alone.
+    baseline_rank: ClassVar[int | None] = None
+    # the row that tells whether a method learned at all (an untrained network): the learning check
+    # compares every other method's cells with this one's
+    is_random_init: ClassVar[bool] = False
     pretrains: ClassVar[bool] = True
     # ablation variants are run by name or through their group, not by ``--methods all``
     listed_in_all: ClassVar[bool] = True
@@ -68,6 +100,9 @@ class Method(nn.Module):
     # how often the runner's warm-up + cosine schedule moves the learning rate: "step" (most
     # official code) or "epoch" (official SimSiam and PCRLv2 set it once per epoch)
     lr_schedule_unit: ClassVar[str] = "step"
+    # an ablation variant's switches (Table III: {"var+cov": bool, "CV-SIM": bool}); None for a
+    # method that is not one. Stored in its records: the ablation table reads them there.
+    ablation: ClassVar[dict[str, bool] | None] = None
     # the trunk when the run names none: the paper's ResNet-18 (the run's ``model.backbone``
     # chooses per run; an encoder row's file fixes its own)
     backbone: ClassVar[str] = "resnet18"
@@ -182,7 +217,16 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def build_optimizer(self, batch_size: int) -> torch.optim.Optimizer:
+        """The optimiser over the trainable parameters, each param group at its peak learning rate
+        for this (global) batch size. A group with ``FIXED_LR: True`` keeps that rate throughout."""
         raise NotImplementedError
+
+    def lr_schedule(self) -> LrSchedule:
+        """The schedule the pretraining loop applies to ``build_optimizer``'s rates; default: the
+        hyperparameters' ``warmup_epochs`` and ``final_lr_fraction`` where it has them."""
+        return LrSchedule(warmup_epochs=float(getattr(self.hparams, "warmup_epochs", 0.0)),
+                          final_lr_fraction=float(getattr(self.hparams, "final_lr_fraction", 0.0)),
+                          unit=self.lr_schedule_unit)
 
     def after_optimizer_step(self, progress: float) -> None:
         """Called after every optimiser step taken, with progress in [0, 1]; default: nothing.

@@ -13,11 +13,11 @@ module that registers its methods itself when imported).
 
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
-import warnings
 
 from mmengine.registry import Registry
+
+from cxrbench.plugins import load_entry_points
 
 METHODS = Registry("cxrbench method")
 # name -> "built-in" or the distribution (pip package) it came from
@@ -64,17 +64,15 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        origin = entry_point.dist.name if entry_point.dist is not None else entry_point.value
-        try:
-            loaded = entry_point.load()
-        except Exception as error:  # a plugin must never take the whole suite down
-            warnings.warn(f"cxrbench: plugin method {entry_point.name!r} from {origin} failed to load: {error}")
-            continue
-        if inspect.isclass(loaded) and entry_point.name not in METHODS.module_dict:
-            register_method(entry_point.name, origin=origin)(loaded)
-        elif entry_point.name in METHOD_ORIGINS:
-            METHOD_ORIGINS[entry_point.name] = origin
+    load_entry_points(ENTRY_POINT_GROUP, "method", _accept_plugin)
+
+
+def _accept_plugin(name: str, loaded, origin: str) -> None:
+    """A class is registered under the entry point's name; a module registered its methods when imported."""
+    if inspect.isclass(loaded) and name not in METHODS.module_dict:
+        register_method(name, origin=origin)(loaded)
+    elif name in METHOD_ORIGINS:
+        METHOD_ORIGINS[name] = origin
 
 
 def available_methods() -> list[str]:

@@ -61,7 +61,7 @@ from lightly.models.modules.heads import SimSiamPredictionHead, SimSiamProjectio
 
 from cxrbench.methods.augment import ViewRecipe, augment
 from cxrbench.methods.backbone import to_model_input
-from cxrbench.methods.base import Method
+from cxrbench.methods.base import FIXED_LR, Method
 from cxrbench.methods.registry import register_method
 
 
@@ -110,6 +110,6 @@ class SimSiam(Method):
         lr = hp.base_lr * batch_size / 256
         groups = [
             {"params": list(self.encoder.parameters()) + list(self.projection_head.parameters())},
-            {"params": list(self.prediction_head.parameters()), "fixed_lr": hp.fix_predictor_lr},
+            {"params": list(self.prediction_head.parameters()), FIXED_LR: hp.fix_predictor_lr},
         ]
         return torch.optim.SGD(groups, lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)

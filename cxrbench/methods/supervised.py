@@ -40,6 +40,8 @@ class Sup1(Method):
     display_name = "Sup.1"
     description = "Supervised baseline: random initialisation, no pretraining"
     is_baseline = True
+    baseline_rank = 1
+    is_random_init = True
     pretrains = False
     Hyperparameters = NoHyperparameters
 
@@ -49,5 +51,6 @@ class Sup2(Method):
     display_name = "Sup.2"
     description = "Supervised baseline: ImageNet initialisation (torchvision weights), no pretraining"
     is_baseline = True
+    baseline_rank = 0
     pretrains = False
     Hyperparameters = ImageNetInit

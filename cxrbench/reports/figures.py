@@ -18,7 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cxrbench.benchmark.records import atomic_write_bytes  # noqa: E402
+from cxrbench.records.io import atomic_write_bytes  # noqa: E402
+from cxrbench.records.layout import ResultsFolder  # noqa: E402
+from cxrbench.records.schema import PretrainRecord, RecordError, read_record  # noqa: E402
 from cxrbench.datasets import DATASETS  # noqa: E402
 
 
@@ -209,8 +211,8 @@ def _predictions(results_dir: Path, record_file: str) -> dict:
     from cxrbench.reports.tables import ReportError
 
     path = Path(results_dir) / record_file
-    record = json.loads(path.read_text())
-    stored_at = path.with_name(record.get("predictions_file") or f"{path.stem}.predictions.npz")
+    record = read_record(path)
+    stored_at = path.with_name(record.predictions_file or f"{path.stem}.predictions.npz")
     if not stored_at.is_file():
         raise ReportError(f"{path}: its predictions file {stored_at.name} is missing")
     with np.load(stored_at) as stored:
@@ -221,8 +223,7 @@ def gradcam_figure(results_dir: Path, records: pd.DataFrame, stem: Path, max_ima
     """Figure 2: Grad-CAM of the fine-tuned models on boxed test images, methods x images; and the scores."""
     candidates = []
     for row in records[records["protocol"] == "finetune"].itertuples():
-        record = json.loads((Path(results_dir) / row.record_file).read_text())
-        scores = record["metrics"].get("localisation")
+        scores = read_record(Path(results_dir) / row.record_file).metrics.get("localisation")
         if scores and scores.get("num_heatmaps"):
             candidates.append((row, scores))
     if not candidates:
@@ -311,11 +312,22 @@ def segmentation_figures(results_dir: Path, records: pd.DataFrame, stem: Path, m
     return written + _save(figure, stem.with_name(stem.name + "_overlays"))
 
 
-def _curve(record: dict) -> tuple[pd.DataFrame, str]:
+def _curve(record: PretrainRecord) -> tuple[pd.DataFrame, str]:
     """A pretraining record's curve: per step where stored (``step_history``), else per epoch."""
-    if record.get("step_history"):
-        return pd.DataFrame(record["step_history"]), "step"
-    return pd.DataFrame(record["history"]), "epoch"
+    if record.step_history:
+        return pd.DataFrame(record.step_history), "step"
+    return pd.DataFrame(record.history), "epoch"
+
+
+def _pretrain_records(results_dir: Path) -> list[PretrainRecord]:
+    """The readable pretraining records (an unreadable one draws no curve)."""
+    records = []
+    for path in ResultsFolder(results_dir).pretrain_records():
+        try:
+            records.append(read_record(path, PretrainRecord))
+        except RecordError:
+            continue
+    return records
 
 
 def _plot_smoothed(axis, x: pd.Series, y: pd.Series, colour=None, label=None) -> None:
@@ -329,14 +341,15 @@ def _plot_smoothed(axis, x: pd.Series, y: pd.Series, colour=None, label=None) ->
 
 
 def pretraining_figures(results_dir: Path, stem: Path) -> list[Path]:
-    """Pretraining loss for every method (per step where recorded, smoothed, raw values faint);
-    OPTiML's diagnostics where recorded."""
-    records = []
-    for path in sorted((Path(results_dir) / "pretrain").glob("*/record.json")):
-        records.append(json.loads(path.read_text()))
-    records = [r for r in records if r.get("history")]
+    """Pretraining loss for every method (per step where recorded, smoothed, raw values faint),
+    and every other value the methods log."""
+    records = [record for record in _pretrain_records(results_dir) if record.history]
     if not records:
         return []
+    return _loss_figure(records, stem.with_name(stem.name + "_loss")) + _logs_figure(records, stem.with_name(stem.name + "_logs"))
+
+
+def _loss_figure(records: list[PretrainRecord], stem: Path) -> list[Path]:
     columns = min(4, len(records))
     rows = int(np.ceil(len(records) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.5 * rows), squeeze=False, layout="constrained")
@@ -345,30 +358,44 @@ def pretraining_figures(results_dir: Path, stem: Path) -> list[Path]:
     for axis, record in zip(axes.flat, records):
         history, unit = _curve(record)
         _plot_smoothed(axis, history[unit], history["loss"])
-        axis.set_title(f"{record['method']} ({record['pretrain_dataset']})", fontsize=8)
+        axis.set_title(f"{record.method} ({record.pretrain_dataset})", fontsize=8)
         axis.set_xlabel(unit, fontsize=7)
         axis.set_ylabel("loss", fontsize=7)
         axis.tick_params(labelsize=6)
         axis.grid(alpha=0.3)
     figure.suptitle("Pretraining loss (faint: as recorded; solid: moving average)", fontsize=9)
-    written = _save(figure, stem.with_name(stem.name + "_loss"))
-    keys = ["ot", "plan_entropy", "mu_entropy", "sinkhorn_iterations", "feature_std"]
-    # the methods that log OPTiML's transport diagnostics (OPTiML and its ablation variants)
-    diagnostics = [r for r in records if "ot" in r["history"][-1]]
-    if diagnostics:
-        figure, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys), 2.6), squeeze=False, layout="constrained")
-        colours = dict(zip([r["method"] for r in diagnostics], plt.get_cmap("tab10").colors))
-        for axis, key in zip(axes[0], keys):
-            for record in diagnostics:
-                history, unit = _curve(record)
-                if key in history:
-                    _plot_smoothed(axis, history[unit], history[key], colours[record["method"]], record["method"])
-            axis.set_title(key, fontsize=8)
-            axis.set_xlabel(unit, fontsize=7)
-            axis.tick_params(labelsize=6)
-            axis.grid(alpha=0.3)
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        figure.legend(handles, labels, loc="outside right center", fontsize=7, frameon=False)
-        figure.suptitle("OPTiML diagnostics: transport cost, plan and marginal entropies, Sinkhorn iterations, feature std", fontsize=9)
-        written += _save(figure, stem.with_name(stem.name + "_optiml_diagnostics"))
-    return written
+    return _save(figure, stem)
+
+
+def _logs_figure(records: list[PretrainRecord], stem: Path) -> list[Path]:
+    """Every value a method logs beyond its loss (OPTiML's transport diagnostics, BYOL's target
+    momentum, a plugin's accuracy ...): one panel per value, a line per method that logs it."""
+    keys = sorted({key for record in records for key in _curve(record)[0].columns} - _NOT_METHOD_LOGS)
+    if not keys:
+        return []
+    columns = min(5, len(keys))
+    rows = int(np.ceil(len(keys) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.6 * rows), squeeze=False, layout="constrained")
+    for axis in axes.flat[len(keys):]:
+        axis.axis("off")
+    colours = dict(zip([r.method for r in records], plt.get_cmap("tab10").colors))
+    for axis, key in zip(axes.flat, keys):
+        for record in records:
+            history, unit = _curve(record)
+            if key in history:
+                _plot_smoothed(axis, history[unit], history[key], colours[record.method], record.method)
+        axis.set_title(key, fontsize=8)
+        axis.set_xlabel(unit, fontsize=7)
+        axis.tick_params(labelsize=6)
+        axis.grid(alpha=0.3)
+    legend = {}  # every method once, whichever panels it appears in
+    for axis in axes.flat:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), loc="outside right center", fontsize=7, frameon=False)
+    figure.suptitle("What the methods log beyond their loss (OPTiML: transport cost, plan and marginal entropies, "
+                    "Sinkhorn iterations, feature std)", fontsize=9)
+    return _save(figure, stem)
+
+
+_NOT_METHOD_LOGS = {"step", "epoch", "loss", "lr", "images_per_second"}  # the loop's own columns

@@ -23,6 +23,9 @@ COLUMNS = ["table", "protocol", "method", "ablation", "dataset", "fraction", "va
 PAPER_METHODS = {"Sup.1": "sup1", "Sup.2": "sup2", "SimCLR": "simclr", "MoCoV2": "mocov2", "MoCov2": "mocov2",
                  "DenseCL": "densecl", "BYOL": "byol", "SimSiam": "simsiam", "VICReg": "vicreg", "VicReg": "vicreg",
                  "PCRLv2": "pcrlv2", "OPTiML": "optiml"}
+# the paper's supervised rows: its tables compare every row with Sup.2, marked "(bs)"; Sup.1 is
+# the other baseline (what a table falls back to when Sup.2 is absent, as for our records)
+PAPER_BASELINE_RANKS = {"sup2": 0, "sup1": 1}
 DATASETS = ("nih", "vindr", "rsna")
 FRACTIONS = (1.0, 10.0, 100.0)
 # Table III rows: (var+cov, CV-SIM) -> our variant names

@@ -10,8 +10,8 @@ figure and the provenance of every cell (record file, configuration hash, commit
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
-import json
 import os
 import shutil
 import sys
@@ -21,7 +21,10 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from cxrbench.benchmark.records import atomic_write_bytes
+from cxrbench.records.io import atomic_write_bytes
+from cxrbench.records.comparisons import decided_methods, did_not_learn, learning_check
+from cxrbench.records.layout import ResultsFolder
+from cxrbench.records.schema import PretrainRecord, RecordError, read_record
 from cxrbench.reports import figures
 from cxrbench.reports.reference import load_reference
 from cxrbench.reports.tables import (
@@ -85,11 +88,15 @@ def _write_table(out_dir: Path, stem: str, markdown: str, latex: str, csv: pd.Da
     return paths
 
 
-def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | None = None, baseline: str | None = None) -> list[Path]:
+def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | None = None, baseline: str | None = None,
+                 display_names: dict[str, str] | None = None) -> list[Path]:
     """Render into a staging folder beside ``out_dir`` and put it in place whole: a report that
     fails half-way leaves the previous one as it was, and no file of an older report survives
     beside a new one. A results folder inside ``out_dir`` (a report kept with its records) is
-    carried over."""
+    carried over.
+
+    ``display_names`` (method -> name shown) names the paper's rows of methods that have no
+    record here; ``bench report`` passes the registry's. Records carry their own names."""
     if results_dir is None and reference is None:
         raise ReportError("give --results DIR, --reference NAME, or both")
     out_dir = Path(out_dir)
@@ -103,7 +110,7 @@ def write_report(results_dir: Path | None, out_dir: Path, *, reference: str | No
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make every report private
     try:
-        written = _render_report(results_dir, staging, reference=reference, baseline=baseline)
+        written = _render_report(results_dir, staging, reference=reference, baseline=baseline, display_names=display_names or {})
         (staging / REPORT_MARKER).write_text("written by bench report; this folder is replaced whole by the next one\n")
         if kept is not None:
             kept.rename(staging / kept.relative_to(out_dir))
@@ -145,81 +152,117 @@ def _records_inside(results_dir: Path | None, out_dir: Path) -> Path | None:
     return out_dir / relative.parts[0] if relative.parts else None
 
 
-def _render_report(results_dir: Path | None, out_dir: Path, *, reference: str | None, baseline: str | None) -> list[Path]:
+@dataclasses.dataclass
+class _Sources:
+    """What a report is rendered from: our records, the paper's published numbers, or both."""
+
+    results_dir: Path | None
+    ours: pd.DataFrame | None  # load_records' rows
+    reference: str | None
+    reference_table: pd.DataFrame | None  # the reference CSV as stored
+    paper: pd.DataFrame | None  # its rows in the records' form
+    baseline: str | None  # --baseline, or None: the records' own preference
+    display_names: dict[str, str]
+
+
+def _load_sources(results_dir: Path | None, reference: str | None, baseline: str | None, display_names: dict[str, str]) -> _Sources:
     ours = load_records(results_dir) if results_dir is not None else None
-    tables = dict(TABLES)
-    if ours is not None:  # protocols from plugins get a table of their headline metric
-        for protocol in sorted(set(ours["protocol"]) - set(TABLES)):
-            metric = ours.loc[ours["protocol"] == protocol, "headline_metric"].iloc[0]
-            tables[protocol] = (f"protocol_{protocol}", f"Protocol {protocol}", "headline_score", f"{metric} x 100")
-    paper = None
+    if ours is not None:  # a record's own name wins over the caller's
+        display_names = {**display_names, **dict(zip(ours["method"], ours["plain_display_name"]))}
+    reference_table = paper = None
     if reference is not None:
         try:
             reference_table = load_reference(reference)
         except FileNotFoundError as error:
             raise ReportError(str(error)) from None
-        paper = reference_records(reference_table)
-    page = _Page(f"cxrbench report: {results_dir or ''}{' + ' if results_dir and reference else ''}{reference or ''}")
-    written: list[Path] = []
-
+        paper = reference_records(reference_table, display_names)
     if baseline is not None:
         known = set(ours["method"]) if ours is not None else set()
         known |= set(paper["method"]) if paper is not None else set()
         if baseline not in known:
             raise ReportError(f"--baseline {baseline}: no such method in these records (present: {', '.join(sorted(known))})")
+    return _Sources(results_dir, ours, reference, reference_table, paper, baseline, display_names)
+
+
+def _render_report(results_dir: Path | None, out_dir: Path, *, reference: str | None, baseline: str | None,
+                   display_names: dict[str, str]) -> list[Path]:
+    sources = _load_sources(results_dir, reference, baseline, display_names)
+    ours = sources.ours
+    tables = dict(TABLES)
+    if ours is not None:  # protocols from plugins get a table of their headline metric
+        for protocol in sorted(set(ours["protocol"]) - set(TABLES)):
+            metric = ours.loc[ours["protocol"] == protocol, "headline_metric"].iloc[0]
+            tables[protocol] = (f"protocol_{protocol}", f"Protocol {protocol}", "headline_score", f"{metric} x 100")
+    page = _Page(f"cxrbench report: {results_dir or ''}{' + ' if results_dir and reference else ''}{reference or ''}")
+    written: list[Path] = []
     boards: dict[str, pd.DataFrame] = {}
-    for protocol, (stem, title, metric, what) in tables.items():
-        if ours is not None and paper is not None and protocol in PAPER_TABLES:
-            ours_tested = mark_significance(layout(summarise(ours, protocol, metric), baseline), ours, results_dir, protocol)
-            table = side_by_side(ours_tested, summarise(_paper_table(paper, protocol), protocol, metric), baseline)
-            if table.empty:
-                continue
-            caption = (f"{title}: our cells [ours] and the paper's Table {PAPER_TABLES[protocol]} [paper]. {what}; deltas to "
-                       f"each source's own baseline row (bs). Our phantom-X datasets are shown under X: phantom numbers "
-                       f"are not chest X-ray results. Arrows mark our deltas that are significant "
-                       f"({sum(c.significant for c in ours_tested.cells.values())} of "
-                       f"{sum(c.delta is not None for c in ours_tested.cells.values())}: paired DeLong / t tests, Holm over "
-                       f"our cells at 5 %); the paper publishes no intervals, so none of its deltas is marked; no bold "
-                       f"across the two sources.") + profile_note(ours)
-            stem = f"{stem}_vs_paper"
-            footnotes = []
-        elif ours is not None:
-            table = mark_significance(layout(summarise(ours, protocol, metric), baseline), ours, results_dir, protocol)
-            if table.empty:
-                continue
-            caption = caption_for(title, what, table.baseline, baseline is not None, table) + profile_note(ours)
-            if ours.attrs.get("skipped"):
-                caption += f" {len(ours.attrs['skipped'])} invalid record(s) left out: see the notes in index.md."
-            footnotes = []
-        else:
-            if protocol not in PAPER_TABLES:
-                continue
-            table = layout(summarise(_paper_table(paper, protocol), protocol, metric), baseline)
-            if table.empty:
-                continue
-            caption = caption_for(f"{title}, from the paper's published numbers ({reference})", what, table.baseline, True,
-                                  published=True)
-            footnotes = printed_delta_disagreements(reference_table, table, PAPER_TABLES[protocol])
-            if footnotes:
-                caption += f" Deltas recomputed from the numbers; {len(footnotes)} printed delta(s) disagree, listed below."
-            stem = f"{stem}_paper"
-        if ours is not None and paper is None:
-            boards[title] = figures.leaderboard_rows(table, len(table.columns))
+    for protocol, spec in tables.items():
+        rendered = _protocol_table(sources, protocol, spec)
+        if rendered is None:
+            continue
+        table, caption, stem, footnotes = rendered
+        if ours is not None and sources.paper is None:
+            boards[spec[1]] = figures.leaderboard_rows(table, len(table.columns))
         markdown = render_markdown(table.frame(), caption, footnotes)
         files = _write_table(out_dir, stem, markdown, render_latex(table, caption, f"tab:{stem}", footnotes), table.summary)
         written += files
         table_html = render_html(table, caption, stem) + "".join(f"<p class='footnote'>{html.escape(line)}</p>" for line in footnotes)
-        page.table(title, markdown, files, table_html)
-
+        page.table(spec[1], markdown, files, table_html)
     chart = figures.leaderboard_figure(boards, out_dir / "leaderboard")
     if chart:
         written += chart
         page.figure("Leaderboard: who is ahead, and is it real?", chart, first=True)
+    written += _ablation_tables(sources, out_dir, page)
+    if ours is not None:
+        written += _from_our_records(sources, out_dir, page, tables)
+    if not written:
+        raise ReportError(f"{results_dir}: records hold no finetune, frozen or segmentation results with a defined score")
+    written += _write_pages(page, out_dir)
+    return written
 
-    ablation_sources = [(ours, "table3_ablation", ABLATION_CAPTION + profile_note(ours), results_dir)] if ours is not None else []
+
+def _protocol_table(sources: _Sources, protocol: str, spec: tuple) -> tuple | None:
+    """(table, caption, file stem, footnotes) of one protocol: ours tested, ours beside the paper's,
+    or the paper's alone; None when it has no cell."""
+    stem, title, metric, what = spec
+    ours, paper, baseline = sources.ours, sources.paper, sources.baseline
+    if ours is not None and paper is not None and protocol in PAPER_TABLES:
+        ours_tested = mark_significance(layout(summarise(ours, protocol, metric), baseline), ours, sources.results_dir, protocol)
+        table = side_by_side(ours_tested, summarise(_paper_table(paper, protocol), protocol, metric), baseline)
+        caption = (f"{title}: our cells [ours] and the paper's Table {PAPER_TABLES[protocol]} [paper]. {what}; deltas to "
+                   f"each source's own baseline row (bs). Our phantom-X datasets are shown under X: phantom numbers "
+                   f"are not chest X-ray results. Arrows mark our deltas that are significant "
+                   f"({sum(c.significant for c in ours_tested.cells.values())} of "
+                   f"{sum(c.delta is not None for c in ours_tested.cells.values())}: paired DeLong / t tests, Holm over "
+                   f"our cells at 5 %); the paper publishes no intervals, so none of its deltas is marked; no bold "
+                   f"across the two sources.") + profile_note(ours)
+        return (table, caption, f"{stem}_vs_paper", []) if not table.empty else None
+    if ours is not None:
+        table = mark_significance(layout(summarise(ours, protocol, metric), baseline), ours, sources.results_dir, protocol)
+        caption = caption_for(title, what, table.baseline, baseline is not None, table) + profile_note(ours)
+        if ours.attrs.get("skipped"):
+            caption += f" {len(ours.attrs['skipped'])} invalid record(s) left out: see the notes in index.md."
+        return (table, caption, stem, []) if not table.empty else None
+    if protocol not in PAPER_TABLES:
+        return None
+    table = layout(summarise(_paper_table(paper, protocol), protocol, metric), baseline)
+    if table.empty:
+        return None
+    caption = caption_for(f"{title}, from the paper's published numbers ({sources.reference})", what, table.baseline, True,
+                          published=True)
+    footnotes = printed_delta_disagreements(sources.reference_table, table, PAPER_TABLES[protocol], sources.display_names)
+    if footnotes:
+        caption += f" Deltas recomputed from the numbers; {len(footnotes)} printed delta(s) disagree, listed below."
+    return table, caption, f"{stem}_paper", footnotes
+
+
+def _ablation_tables(sources: _Sources, out_dir: Path, page: _Page) -> list[Path]:
+    """Table III from our records (tested) and from the paper's numbers, where there are rows."""
+    ours, paper, written = sources.ours, sources.paper, []
+    ablation_sources = [(ours, "table3_ablation", ABLATION_CAPTION + profile_note(ours), sources.results_dir)] if ours is not None else []
     if paper is not None:
         ablation_sources.append((paper[paper["table"] == "III"], "table3_ablation_paper",
-                                 ABLATION_CAPTION_PUBLISHED.format(reference=reference), None))
+                                 ABLATION_CAPTION_PUBLISHED.format(reference=sources.reference), None))
     for records, stem, caption, tested_in in ablation_sources:
         ablation = build_ablation_table(records, tested_in)
         if ablation.empty:
@@ -229,34 +272,36 @@ def _render_report(results_dir: Path | None, out_dir: Path, *, reference: str | 
         files = _write_table(out_dir, stem, markdown, latex, ablation)
         written += files
         page.table("Table III: OPTiML ablation", markdown, files, render_html_frame(ablation, caption, stem))
+    return written
 
-    if ours is not None:
-        for line in ours.attrs.get("skipped", []):
-            page.note(line)
-            print(f"bench report: {line}", file=sys.stderr)
-        missing = [row.record_file for row in ours.itertuples() if row.predictions_file
-                   and not (Path(results_dir) / row.record_file).parent.joinpath(row.predictions_file).is_file()]
-        if missing:
-            note = (f"{len(missing)} record(s) without their predictions file, left out of every paired test and "
-                    f"figure: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-            page.note(note)
-            print(f"bench report: {note}", file=sys.stderr)
-        written += _learning_check(Path(results_dir), out_dir, page)
-        written += _run_times(Path(results_dir), out_dir, page)
-        written += _figures(Path(results_dir), ours, out_dir, page, tables)
-        tests_path = Path(results_dir) / "paired-tests.csv"
-        if tests_path.is_file():
-            # linked, not printed: each table above shows its tests (arrows, bold, hover text)
-            copied = out_dir / "paired-tests.csv"
-            atomic_write_bytes(copied, tests_path.read_bytes())
-            written.append(copied)
-            page.link("Paired tests", "Every paired test against the baseline row (difference, 95 % interval, exact and "
-                      "bootstrap p-values), one row per cell: ", copied)
-        provenance = ours[["record_file", "method", "dataset", "protocol", "label_fraction", "seed", "config_sha1", "git_commit", "created"]]
-        page.frame("Provenance of every cell", provenance, folded=True)
-    if not written:
-        raise ReportError(f"{results_dir}: records hold no finetune, frozen or segmentation results with a defined score")
-    written += _write_pages(page, out_dir)
+
+def _from_our_records(sources: _Sources, out_dir: Path, page: _Page, tables: dict) -> list[Path]:
+    """What only our records give: notes on invalid records, the learning check, run times,
+    figures, the paired tests and the provenance of every cell."""
+    ours, results_dir = sources.ours, Path(sources.results_dir)
+    for line in ours.attrs.get("skipped", []):
+        page.note(line)
+        print(f"bench report: {line}", file=sys.stderr)
+    missing = [row.record_file for row in ours.itertuples() if row.predictions_file
+               and not (results_dir / row.record_file).parent.joinpath(row.predictions_file).is_file()]
+    if missing:
+        note = (f"{len(missing)} record(s) without their predictions file, left out of every paired test and "
+                f"figure: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        page.note(note)
+        print(f"bench report: {note}", file=sys.stderr)
+    written = _learning_check(results_dir, out_dir, page)
+    written += _run_times(results_dir, out_dir, page)
+    written += _figures(results_dir, ours, out_dir, page, tables)
+    tests_path = ResultsFolder(results_dir).paired_tests
+    if tests_path.is_file():
+        # linked, not printed: each table above shows its tests (arrows, bold, hover text)
+        copied = out_dir / "paired-tests.csv"
+        atomic_write_bytes(copied, tests_path.read_bytes())
+        written.append(copied)
+        page.link("Paired tests", "Every paired test against the baseline row (difference, 95 % interval, exact and "
+                  "bootstrap p-values), one row per cell: ", copied)
+    provenance = ours[["record_file", "method", "dataset", "protocol", "label_fraction", "seed", "config_sha1", "git_commit", "created"]]
+    page.frame("Provenance of every cell", provenance, folded=True)
     return written
 
 
@@ -282,27 +327,27 @@ def run_times(results_dir: Path) -> pd.DataFrame:
     record) and the sum of its cells' own times per protocol (feature extraction, training,
     testing; the pretraining each cell refers to is not counted again), with the machine."""
     rows: dict[str, dict] = {}
-    for path in sorted((results_dir / "cells").glob("*.json")):
+    folder = ResultsFolder(results_dir)
+    for path in folder.cell_records():
         try:
-            record = json.loads(path.read_text())
-            method, protocol = record["cell"]["method"], record["cell"]["protocol"]
-            timing = record.get("timing") or {}
-            seconds = sum(float(timing.get(key) or 0.0) for key in ("shared_s", "train_s", "test_s"))
-        except (OSError, ValueError, KeyError, TypeError):
+            record = read_record(path)
+        except RecordError:
             continue  # load_records has said which records are invalid
-        environment = record.get("environment") or {}
-        row = rows.setdefault(method, {"method": record.get("method_display_name", method), "pretraining_s": None,
+        method, protocol = record.cell.method, record.cell.protocol
+        seconds = sum(float(record.timing.get(key) or 0.0) for key in ("shared_s", "train_s", "test_s"))
+        environment = record.environment or {}
+        row = rows.setdefault(method, {"method": record.method_display_name, "pretraining_s": None,
                                        "machine": f"{environment.get('device_name', '?')}, {environment.get('torch_threads', '?')} "
                                                   f"threads, torch {(environment.get('packages') or {}).get('torch', '?')}"})
         row[f"{protocol}_s"] = row.get(f"{protocol}_s", 0.0) + seconds
         row[f"{protocol}_cells"] = row.get(f"{protocol}_cells", 0) + 1
-    for path in sorted((results_dir / "pretrain").glob("*/record.json")):
+    for path in folder.pretrain_records():
         try:
-            record = json.loads(path.read_text())
-            if record["method"] in rows:
-                rows[record["method"]]["pretraining_s"] = float(record["seconds"])
-        except (OSError, ValueError, KeyError, TypeError):
+            pretraining = read_record(path, PretrainRecord)
+        except RecordError:
             continue
+        if pretraining.method in rows:
+            rows[pretraining.method]["pretraining_s"] = float(pretraining.seconds)
     frame = pd.DataFrame(list(rows.values()))
     if frame.empty:
         return frame
@@ -325,8 +370,6 @@ def _run_times(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]:
 
 
 def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]:
-    from cxrbench.benchmark.comparisons import decided_methods, did_not_learn, learning_check
-
     check = learning_check(results_dir)
     if check.empty:
         return []
@@ -427,7 +470,7 @@ def _segmentation(results_dir, records, out_dir, page, tables) -> list[Path]:
 def _pretraining(results_dir, records, out_dir, page, tables) -> list[Path]:
     """Pretraining curves"""
     files = figures.pretraining_figures(results_dir, out_dir / "pretraining")
-    page.figure("Pretraining loss curves and OPTiML diagnostics", files)
+    page.figure("Pretraining: loss curves, and what each method logs beyond its loss", files)
     return files
 
 

@@ -23,7 +23,11 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from cxrbench.benchmark.comparisons import BASELINE_PREFERENCE
+from cxrbench.records import comparisons
+from cxrbench.records.layout import ResultsFolder
+from cxrbench.records.schema import RecordError, choose_baseline, read_record
+from cxrbench.reports.reference import PAPER_BASELINE_RANKS
+from cxrbench.records.statistics import holm_reject
 
 # protocol -> (file stem, title, metric, what the cells are)
 TABLES = {
@@ -50,22 +54,23 @@ def load_records(results_dir: Path) -> pd.DataFrame:
     left out and named in ``load_records.skipped`` (one line each, for the report's footnote).
     With no valid record at all, the first problem is the error.
     """
-    cells_dir = Path(results_dir) / "cells"
-    paths = sorted(cells_dir.glob("*.json"))
+    folder = ResultsFolder(results_dir)
+    paths = folder.cell_records()
     if not paths:
-        raise ReportError(f"{results_dir}: no run records (expected {cells_dir}/*.json from `bench run`)")
+        raise ReportError(f"{results_dir}: no run records (expected {folder.cells}/*.json from `bench run`)")
     rows, skipped = [], []
     for path in paths:
         try:
             rows.append(_record_row(path, results_dir))
-        except (KeyError, TypeError, ValueError, AttributeError, OSError) as error:  # JSONDecodeError is a ValueError
-            skipped.append(f"{path}: not a valid cell record ({type(error).__name__}: {error}); left out")
+        except RecordError as error:
+            skipped.append(f"{path}: not a valid cell record ({error.reason}); left out")
     if not rows:
         raise ReportError(skipped[0])
     frame = pd.DataFrame(rows)
     # a row of another trunk than the table's own (the baseline rows', else most rows') says so
     # wherever its name appears
     main = main_backbone(frame)
+    frame["plain_display_name"] = frame["display_name"]
     frame["display_name"] = [name if backbone == main else f"{name} [{BACKBONE_NAMES.get(backbone, backbone)}]"
                              for name, backbone in zip(frame["display_name"], frame["backbone"])]
     frame.attrs["skipped"] = skipped
@@ -80,85 +85,41 @@ def main_backbone(records: pd.DataFrame) -> str:
     return (baseline if len(baseline) else records["backbone"]).value_counts().index[0]
 
 
-UNIT_INTERVAL_METRICS = {"mean_auroc", "dice_per_image"}
-
-
-def _score(metrics: dict, name: str) -> float | None:
-    """A score: absent, or a finite number (in [0, 1] for AUROC and Dice)."""
-    value = metrics.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise ValueError(f"metrics.{name} is {value!r}, expected a finite number")
-    if name in UNIT_INTERVAL_METRICS and not 0 <= value <= 1:
-        raise ValueError(f"metrics.{name} is {value!r}, expected a number in [0, 1]")
-    return float(value)
-
-
 def _record_row(path: Path, results_dir: Path) -> dict:
-    record = json.loads(path.read_text())
-    if not isinstance(record, dict):
-        raise TypeError(f"the file holds a JSON {type(record).__name__}, expected an object")
-    cell, metrics = record["cell"], record["metrics"]
-    if not isinstance(cell, dict) or not isinstance(metrics, dict):
-        raise TypeError("cell and metrics must be objects")
-    for field in ("method", "dataset", "protocol"):
-        if not isinstance(cell[field], str):
-            raise TypeError(f"cell.{field} is {cell[field]!r}, expected a string")
-    fraction, seed = cell["label_fraction"], cell["seed"]
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 100:
-        raise ValueError(f"cell.label_fraction is {fraction!r}, expected a number in (0, 100]")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"cell.seed is {seed!r}, expected an integer")
-    predictions = record.get("predictions_file")
-    if predictions is not None and (not isinstance(predictions, str) or Path(predictions).name != predictions):
-        raise ValueError(f"predictions_file is {predictions!r}, expected a file name beside the record")
-    headline = record.get("headline_metric", "mean_auroc")
-    if not isinstance(headline, str):
-        raise TypeError(f"headline_metric is {headline!r}, expected a string")
-    scores = {name: _score(metrics, name) for name in {"mean_auroc", "dice_per_image", headline}}
+    record = read_record(path)
+    cell = record.cell
+    try:
+        curve = record.validation_curve()
+    except RecordError as error:
+        raise RecordError(error.reason, path) from None
     return {
-        "method": cell["method"],
-        "display_name": str(record.get("method_display_name", cell["method"])),  # marked by backbone in load_records
-        "backbone": str(record.get("method_backbone", "resnet18")),
-        "is_baseline": bool(record.get("method_is_baseline", False)),
-        "dataset": cell["dataset"],
-        "protocol": cell["protocol"],
-        "label_fraction": float(fraction),
-        "seed": seed,
-        "mean_auroc": scores["mean_auroc"],
-        "dice_per_image": scores["dice_per_image"],
-        "headline_metric": headline,
-        "protocol_version": record.get("protocol_version") if isinstance(record.get("protocol_version"), str) else None,
-        "headline_score": scores[headline],
+        "method": cell.method,
+        "display_name": record.method_display_name,  # marked by backbone in load_records
+        "backbone": record.method_backbone,
+        "is_baseline": record.method_is_baseline,
+        "baseline_rank": record.method_baseline_rank if record.method_is_baseline else None,
+        "dataset": cell.dataset,
+        "protocol": cell.protocol,
+        "label_fraction": cell.label_fraction,
+        "seed": cell.seed,
+        "mean_auroc": record.score("mean_auroc"),
+        "dice_per_image": record.score("dice_per_image"),
+        "headline_metric": record.headline_metric,
+        "protocol_version": record.protocol_version,
+        "headline_score": record.score(record.headline_metric),
         # the cell's 95 % bootstrap interval of the headline score (for the page's hover text)
-        "interval_low": _interval_bound(record, "low"),
-        "interval_high": _interval_bound(record, "high"),
-        "ablation": json.dumps(record.get("method_ablation")) if record.get("method_ablation") else None,
+        "interval_low": record.interval_bound("low"),
+        "interval_high": record.interval_bound("high"),
+        "ablation": json.dumps(record.method_ablation) if record.method_ablation else None,
         # [step, validation score] of each evaluation of a fine-tune or segmentation cell
-        "validation_curve": _validation_curve(record),
+        "validation_curve": curve,
         "record_file": str(path.relative_to(Path(results_dir))),
-        "predictions_file": record.get("predictions_file"),
-        "git_commit": (record.get("environment") or {}).get("git_commit"),
-        "config_sha1": hashlib.sha1(json.dumps(record.get("config"), sort_keys=True, default=str).encode()).hexdigest()[:12],
-        "profile": ((record.get("config") or {}).get("profile") or {}).get("name"),
-        "created": record.get("created"),
+        "predictions_file": record.predictions_file,
+        "git_commit": (record.environment or {}).get("git_commit"),
+        "config_sha1": hashlib.sha1(json.dumps(record.config, sort_keys=True, default=str).encode()).hexdigest()[:12],
+        "profile": ((record.config or {}).get("profile") or {}).get("name"),
+        "created": record.created,
     }
-
-
-def _validation_curve(record: dict) -> list | None:
-    selection = record.get("selection")
-    curve = selection.get("curve") if isinstance(selection, dict) else None
-    if not curve:
-        return None
-    if not all(isinstance(point, list) and len(point) == 2 and all(isinstance(v, (int, float)) for v in point) for point in curve):
-        raise ValueError("selection.curve is not a list of [step, score] pairs")
-    return curve
-
-
-def _interval_bound(record: dict, side: str) -> float | None:
-    value = (record.get("bootstrap") or {}).get(side) if isinstance(record.get("bootstrap"), dict) else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) else None
 
 
 def base_dataset(dataset: str) -> str:
@@ -253,10 +214,13 @@ def summarise(records: pd.DataFrame, protocol: str, metric: str = "mean_auroc") 
     is_variant = records["ablation"].map(lambda text: isinstance(text, str) and not all(json.loads(text).values()))
     subset = records[(records["protocol"] == protocol) & ~is_variant].dropna(subset=[metric])
     if subset.empty:
-        return pd.DataFrame(columns=["method", "display_name", "is_baseline", "dataset", "label_fraction", "mean", "std", "seeds"])
+        return pd.DataFrame(columns=["method", "display_name", "is_baseline", "dataset", "label_fraction", "mean", "std", "seeds",
+                                     "baseline_rank"])
     keys = ["method", "display_name", "is_baseline", "dataset", "label_fraction"]
     scored = subset.assign(score=subset[metric].astype(float) * 100)
     summary = scored.groupby(keys)["score"].agg(mean="mean", std="std", seeds="count").reset_index()
+    ranks = subset.groupby("method")["baseline_rank"].min() if "baseline_rank" in subset else {}
+    summary["baseline_rank"] = summary["method"].map(ranks)
     headline = None
     if "interval_low" in subset:
         # the stored interval is of the headline score: used only where that is the table's metric
@@ -275,7 +239,7 @@ def layout(summary: pd.DataFrame, baseline: str | None = None, *, bold: bool = T
     methods = summary.drop_duplicates("method").sort_values(["is_baseline", "method"], ascending=[False, True])
     present = list(methods["method"])
     if baseline is None:
-        baseline = next((name for name in BASELINE_PREFERENCE if name in present), None)
+        baseline = choose_baseline({r.method: int(r.baseline_rank) for r in methods.itertuples() if r.is_baseline and pd.notna(r.baseline_rank)})
     elif baseline not in present:
         baseline = None  # the chosen baseline has no cell in this table: no deltas here (the caption says so)
     columns = sorted({(d, f) for d, f in zip(summary["dataset"], summary["label_fraction"])}, key=_column_order)
@@ -324,9 +288,6 @@ def mark_significance(table: Table, records: pd.DataFrame, results_dir: Path, pr
     paired t for Dice), and the same tests between each row and the column's best, computed
     here from the stored predictions.
     """
-    from cxrbench.benchmark.comparisons import exact_test_between
-    from cxrbench.benchmark.statistics import holm_reject
-
     if table.empty:
         return table
     subset = records[records["protocol"] == protocol]
@@ -338,7 +299,7 @@ def mark_significance(table: Table, records: pd.DataFrame, results_dir: Path, pr
                        and (method_b, d, f, seed) in files)
         differences, p_values = [], []
         for seed in seeds:
-            test = exact_test_between(results_dir, files[(method_a,) + column + (seed,)], files[(method_b,) + column + (seed,)])
+            test = comparisons.exact_test_between(results_dir, files[(method_a,) + column + (seed,)], files[(method_b,) + column + (seed,)])
             if test is None:
                 return float("nan"), 0.0
             differences.append(test.difference)
@@ -574,9 +535,6 @@ def build_ablation_table(records: pd.DataFrame, results_dir: Path | None = None)
 
 def _ablation_ties(subset: pd.DataFrame, summary: pd.DataFrame, results_dir: Path, alpha: float = 0.05) -> set:
     """(method, fraction) of the variants not significantly below their column's best."""
-    from cxrbench.benchmark.comparisons import exact_test_between
-    from cxrbench.benchmark.statistics import holm_reject
-
     tied = set()
     files = {(r.method, r.label_fraction, r.seed): r.record_file for r in subset.itertuples()}
     for fraction, column in summary.groupby("label_fraction"):
@@ -585,7 +543,7 @@ def _ablation_ties(subset: pd.DataFrame, summary: pd.DataFrame, results_dir: Pat
         p_values = []
         for method in others:
             seeds = sorted(s for (m, f, s) in files if m == method and f == fraction and (leader, f, s) in files)
-            tests = [exact_test_between(results_dir, files[(leader, fraction, s)], files[(method, fraction, s)]) for s in seeds]
+            tests = [comparisons.exact_test_between(results_dir, files[(leader, fraction, s)], files[(method, fraction, s)]) for s in seeds]
             usable = [test for test in tests if test is not None]
             p_values.append(_combine_seeds([t.difference for t in usable], [t.p_value for t in usable])
                             if usable and len(usable) == len(tests) else float("nan"))
@@ -607,20 +565,19 @@ ABLATION_CAPTION_PUBLISHED = ("Table III: OPTiML ablation, fine-tuning on NIH, m
 # --- the paper's published numbers
 
 
-def reference_records(reference: pd.DataFrame) -> pd.DataFrame:
-    """The reference CSV as the record rows the tables are built from (one seed per cell)."""
-    from cxrbench.methods import available_methods, get_method
-
-    known = set(available_methods())
+def reference_records(reference: pd.DataFrame, display_names: dict[str, str]) -> pd.DataFrame:
+    """The reference CSV as the record rows the tables are built from (one seed per cell); a
+    method's name as ``display_names`` gives it (its key where it gives none)."""
     rows = []
     for entry in reference.itertuples():
         method = entry.method
-        display = get_method(method).display_name if method in known else method
+        display = display_names.get(method, method)
         ablation = None
         if entry.table == "III":
             switches = dict(part.split("=") for part in entry.ablation.split(";"))
             ablation = json.dumps({name: state == "on" for name, state in switches.items()})
-        rows.append({"method": method, "display_name": display, "is_baseline": method in BASELINE_PREFERENCE,
+        rows.append({"method": method, "display_name": display, "is_baseline": method in PAPER_BASELINE_RANKS,
+                     "baseline_rank": PAPER_BASELINE_RANKS.get(method),
                      "dataset": entry.dataset, "protocol": entry.protocol, "label_fraction": float(entry.fraction),
                      "seed": 0, "mean_auroc": float(entry.value) / 100, "dice_per_image": None, "ablation": ablation,
                      "headline_metric": "mean_auroc", "headline_score": float(entry.value) / 100,
@@ -629,16 +586,13 @@ def reference_records(reference: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def printed_delta_disagreements(reference: pd.DataFrame, table: Table, paper_table: str) -> list[str]:
+def printed_delta_disagreements(reference: pd.DataFrame, table: Table, paper_table: str, display_names: dict[str, str]) -> list[str]:
     """Footnotes: every printed delta (or arrow) that its own table's numbers contradict."""
     notes = []
     rows = reference[(reference["table"] == paper_table) & reference["printed_delta"].notna()]
     by_label = {label.removesuffix(" (bs)"): label for label in table.rows}
-    from cxrbench.methods import available_methods, get_method
-
-    known = set(available_methods())
     for entry in rows.itertuples():
-        display = get_method(entry.method).display_name if entry.method in known else entry.method
+        display = display_names.get(entry.method, entry.method)
         cell = table.cells.get((by_label.get(display, display), (entry.dataset, float(entry.fraction))))
         recomputed = 0.0 if cell is None or cell.delta is None else cell.delta
         printed_arrow = entry.printed_arrow if isinstance(entry.printed_arrow, str) else ""

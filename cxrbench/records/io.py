@@ -1,23 +1,19 @@
-"""Run records: one JSON file per result, written atomically, with its full provenance."""
+"""Atomic writes: a file that matters is either the old one or the new one whole, never half written.
+
+A temporary file beside the target is written, fsynced and renamed over it (``os.replace`` is
+atomic within a file system), so a crash or a full disk leaves no truncated record behind."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import io
 import json
 import os
-import platform
-import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-TRACKED_PACKAGES = ("cxrbench", "torch", "torchvision", "lightly", "mmengine", "numpy", "pandas", "scikit-learn")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -42,6 +38,8 @@ def atomic_write_json(path: Path, payload: dict) -> None:
 
 
 def atomic_torch_save(path: Path, payload) -> None:
+    import torch  # here, not at the top: reports read records without loading torch
+
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -59,34 +57,6 @@ def _json_default(value):
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
-
-
-def _git_commit() -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
-
-
-def environment(device: torch.device) -> dict:
-    versions = {}
-    for package in TRACKED_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "packages": versions,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "git_commit": _git_commit(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def now() -> str:

@@ -32,3 +32,16 @@ def load_entry_points(group: str, kind: str, accept: Callable[[str, Any, str], s
             continue
         if refusal:
             warnings.warn(f"cxrbench: plugin {kind} {entry_point.name!r} from {origin} {refusal}; not loaded")
+
+
+class EntryPointGroup:
+    """An entry-point group loaded once, when a registry is first asked (``load`` is idempotent)."""
+
+    def __init__(self, group: str, kind: str, accept: Callable[[str, Any, str], str | None]):
+        self.group, self.kind, self.accept = group, kind, accept
+        self.loaded = False
+
+    def load(self) -> None:
+        if not self.loaded:
+            self.loaded = True
+            load_entry_points(self.group, self.kind, self.accept)

@@ -75,7 +75,7 @@ def test_a_dataset_plugin_registers_through_its_entry_point_and_a_bad_one_is_a_w
     _entry_points_of(tmp_path, monkeypatch, "cxrbench.datasets",
                      [("my-site", "my_sites:MySite"), ("broken", "my_sites:NotASource"), ("phantom-nih", "my_sites:MySite"),
                       ("missing", "no_such_module:Site")])
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(registry.PLUGINS, "loaded", False)
     with pytest.warns(UserWarning) as warned:
         registry.load_plugins()
     try:

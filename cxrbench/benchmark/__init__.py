@@ -1,1 +1,1 @@
-"""The benchmark: CLI, profiles, pretraining, protocols, run records."""
+"""The benchmark: CLI, profiles, the plan, pretraining, protocols, the runner and the grid dispatcher (records: cxrbench.records)."""

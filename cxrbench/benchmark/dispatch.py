@@ -312,10 +312,15 @@ def cancel_jobs(jobs: list, grace_seconds: float = 30.0) -> None:
         time.sleep(0.2)
     for job in local:
         if job._process.poll() is None:
-            for pid in [*_descendants(job._process.pid), job._process.pid]:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+            _kill_tree(job._process.pid)
             job._process.wait()
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything below it (its tasks first)."""
+    for victim in [*_descendants(pid), pid]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(victim, signal.SIGKILL)
 
 
 def _descendants(pid: int) -> list[int]:

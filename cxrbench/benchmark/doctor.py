@@ -189,7 +189,7 @@ def cells_check(profile: dict, device: torch.device, scratch: Path) -> Check:
         records = runner.run(grid_cells(["sup1"], ["phantom-nih"], ["frozen", "finetune"], [100.0], [0]))
         if len(records) != 2:
             raise RuntimeError(f"{len(records)} of 2 records written")
-        scores = ", ".join(f"{r['cell']['protocol']} {r['metrics'][r['headline_metric']]:.3f}" for r in records)
+        scores = ", ".join(f"{r.cell.protocol} {r.score(r.headline_metric):.3f}" for r in records)
         return f"records written ({scores})", None
 
     return _timed("frozen and fine-tune cells (Sup.1, phantom-nih, 100 %)", action)

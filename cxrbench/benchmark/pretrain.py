@@ -229,7 +229,6 @@ def pretrain(
     torch.manual_seed(seed)
     if batch_size % world.size:
         raise ValueError(f"pretrain.batch_size {batch_size} is not divisible by the {world.size} processes")
-    local_batch = batch_size // world.size
     images = torch.from_numpy(np.ascontiguousarray(dataset.images[dataset.split_positions("train")]))
     if len(images) < batch_size:
         raise ValueError(f"{dataset.name}: {len(images)} training images, fewer than the batch size {batch_size}")
@@ -237,134 +236,181 @@ def pretrain(
     total_steps = int(round(epochs * steps_per_epoch))
     if max_steps is not None:
         total_steps = min(total_steps, int(max_steps))
-    total_steps = max(1, total_steps)
-    schedule = method.lr_schedule()
-    warmup_steps = int(round(schedule.warmup_epochs * steps_per_epoch))
-
-    method.train()
-    step_runner = StepRunner(method, device, options, world)
-    optimizer = method.build_optimizer(batch_size)
-    peak_lrs = [group["lr"] for group in optimizer.param_groups]
-    order_generator = torch.Generator(device="cpu").manual_seed(seed)
-    # one process draws its views from the order's generator (as every earlier version did,
-    # so single-process records reproduce); each rank of several draws from its own
-    view_generator = order_generator if not world.distributed else torch.Generator(device="cpu").manual_seed(seed + 1_000_003 * (world.rank + 1))
-    if world.distributed and device.type == "cuda":
-        torch.cuda.manual_seed(seed + 1_000_003 * (world.rank + 1))  # global GPU draws (the shuffled-BN order) differ per rank
-    views_on = device if options.augment_on == "device" else torch.device("cpu")
-    history: list[dict] = []
-    snapshots: dict[int, dict] = {}
-    epoch_logs: dict[str, list[float]] = {}
-    order = torch.randperm(len(images), generator=order_generator)
-    position, first_step, seconds_before = 0, 0, 0.0
-    resumed = latest_checkpoint(checkpoint_dir)
-    found = gather_objects(resumed["step"] if resumed is not None else None)
-    if len(set(found)) > 1:  # e.g. a rank that could not read the newest file on its node
-        raise RuntimeError(f"{checkpoint_dir}: the processes found checkpoints of different steps {found}; "
-                           f"remove the unreadable one(s) and start again")
-    if resumed is not None:
-        if resumed["total_steps"] != total_steps or resumed["batch_size"] != batch_size or resumed.get("world_size", 1) != world.size:
-            raise ValueError(f"{checkpoint_dir}: checkpoint of another schedule ({resumed['total_steps']} steps of "
-                             f"{resumed['batch_size']} on {resumed.get('world_size', 1)} process(es)), expected "
-                             f"{total_steps} steps of {batch_size} on {world.size}")
-        method.load_checkpoint_state(resumed["method"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        if step_runner.scaler is not None and resumed.get("scaler"):
-            step_runner.scaler.load_state_dict(resumed["scaler"])
-        rank_state = resumed["ranks"][world.rank]
-        order_generator.set_state(resumed["order_generator"])
-        view_generator.set_state(rank_state["view_generator"])
-        torch.set_rng_state(rank_state["torch_rng"])
-        if rank_state.get("cuda_rng") is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(rank_state["cuda_rng"], device)
-        order, position, history = resumed["order"], resumed["position"], resumed["history"]
-        first_step, seconds_before = resumed["step"], resumed["seconds"]
-    bar = tqdm(total=total_steps, initial=first_step, desc=description, unit="step", leave=False,
-               disable=None if world.is_main else True)
-    writer = None
-    if log_dir is not None and world.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(log_dir), purge_step=first_step)
-    step_history = [entry for entry in (resumed or {}).get("step_history", []) if entry["step"] <= first_step]
-    log_every = max(1, total_steps // STEP_HISTORY_POINTS)
-    step_seconds: list[float] = []
-    epochs_total = math.ceil(total_steps / steps_per_epoch)
-    log_lines_every = max(1, epochs_total // 20)
-    for step in range(first_step, total_steps):
-        step_started = time.perf_counter()
-        _fault_injection(step)
-        if position + batch_size > len(images):
-            order, position = torch.randperm(len(images), generator=order_generator), 0
-        mine = order[position + world.rank * local_batch : position + (world.rank + 1) * local_batch]
-        batch = images[mine]
-        if views_on.type == "cuda":
-            batch = batch.pin_memory().to(views_on, non_blocking=True)  # the copy overlaps the previous step's kernels
-        position += batch_size
-        factor = learning_rate_factor(schedule_step(step, steps_per_epoch, schedule.unit),
-                                      total_steps, warmup_steps, schedule.final_lr_fraction)
-        for group, peak in zip(optimizer.param_groups, peak_lrs):
-            group["lr"] = peak if group.get(FIXED_LR) else peak * factor
-        # the views' random parameters come from the CPU generator wherever the views are made:
-        # views made on the GPU equal those made on the CPU, and a resumed run continues them
-        views = method.make_views(batch, generator=view_generator)
-        views = [view.to(device, non_blocking=True) for view in views]
-        loss, logs = step_runner(views, optimizer, step, progress=(step + 1) / total_steps)
-        for key, value in logs.items():
-            epoch_logs.setdefault(key, []).append(float(value))
-        bar.set_postfix(loss=f"{logs.get('loss', loss.item()):.4f}")
-        bar.update(1)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # the step's kernels are done before it is timed
-        step_seconds.append(time.perf_counter() - step_started)
-        scalars = {"lr": peak_lrs[0] * factor, "images_per_second": batch_size / step_seconds[-1], **logs}
-        if (step + 1) % log_every == 0 or step + 1 == total_steps:
-            step_history.append({"step": step + 1} | {key: float(value) for key, value in scalars.items()})
-        if writer is not None:
-            for key, value in scalars.items():
-                writer.add_scalar(f"pretrain/{key}", float(value), step + 1)
-        if step + 1 in snapshot_steps:
-            snapshots[step + 1] = method.export_encoder()
-        if (step + 1) % steps_per_epoch == 0 or step + 1 == total_steps:
-            history.append({"epoch": len(history) + 1, "step": step + 1, "lr": peak_lrs[0] * factor}
-                           | {key: float(np.mean(values)) for key, values in epoch_logs.items()})
-            epoch_logs = {}
-            if bar.disable and world.is_main and epochs_total > 1 and (len(history) % log_lines_every == 0 or step + 1 == total_steps):
-                # no bar where output is not a terminal (a log file, a SLURM job): about 20 lines instead
-                # (none for a run of one epoch: the checks and tests that run one would only be noisier)
-                seconds_per_step = float(np.mean(step_seconds[-steps_per_epoch:]))
-                tqdm.write(f"{description}: epoch {len(history)}/{epochs_total}, step {step + 1}/{total_steps}, "
-                           f"loss {history[-1].get('loss', float('nan')):.4f}, {seconds_per_step:.2f} s/step, "
-                           f"~{(total_steps - step - 1) * seconds_per_step / 60:.1f} min left")
-            if checkpoint_dir is not None and step + 1 < total_steps:
-                # every rank's random state, so each continues its own stream of views
-                ranks = gather_objects({
-                    "view_generator": view_generator.get_state(), "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                })
-                if world.is_main:
-                    _save_checkpoint(checkpoint_dir, len(history), {
-                        "format": "cxrbench-pretrain-checkpoint-2",
-                        "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
-                        "scaler": step_runner.scaler.state_dict() if step_runner.scaler is not None else None,
-                        "order_generator": order_generator.get_state(), "ranks": ranks,
-                        "order": order, "position": position, "history": history, "step": step + 1,
-                        "step_history": step_history,
-                        "total_steps": total_steps, "batch_size": batch_size, "world_size": world.size,
-                        "seconds": seconds_before + time.perf_counter() - started,
-                    })
-                barrier()  # no rank runs ahead of a checkpoint that is not written yet
-    bar.close()
-    if writer is not None:
-        writer.close()
+    run = _PretrainingRun(method, images, batch_size, max(1, total_steps), steps_per_epoch, seed, device, options, world)
+    run.resume(checkpoint_dir)
+    run.open_logs(description, log_dir)
+    for step in range(run.first_step, run.total_steps):
+        run.train_step(step, snapshot_steps)
+        if (step + 1) % steps_per_epoch == 0 or step + 1 == run.total_steps:
+            run.end_epoch(step, description)
+            if checkpoint_dir is not None and step + 1 < run.total_steps:
+                run.save_checkpoint(checkpoint_dir, step, seconds=run.seconds_before + time.perf_counter() - started)
+    run.close_logs()
     method.eval()
     return PretrainResult(
         encoder_state_dict=method.export_encoder(),
-        history=history,
-        steps=total_steps,
-        epochs=total_steps / steps_per_epoch,
-        seconds=seconds_before + time.perf_counter() - started,
-        snapshots=snapshots,
-        step_history=step_history,
-        step_seconds=step_seconds,
+        history=run.history,
+        steps=run.total_steps,
+        epochs=run.total_steps / steps_per_epoch,
+        seconds=run.seconds_before + time.perf_counter() - started,
+        snapshots=run.snapshots,
+        step_history=run.step_history,
+        step_seconds=run.step_seconds,
     )
+
+
+class _PretrainingRun:
+    """The state of one pretraining: the data order and position, both random generators, the
+    optimiser and its schedule, and what is logged; everything a checkpoint saves and restores."""
+
+    def __init__(self, method: Method, images: torch.Tensor, batch_size: int, total_steps: int, steps_per_epoch: int,
+                 seed: int, device: torch.device, options: TrainingOptions, world: World):
+        self.method, self.images, self.device, self.world = method, images, device, world
+        self.batch_size, self.local_batch = batch_size, batch_size // world.size
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.schedule = method.lr_schedule()
+        self.warmup_steps = int(round(self.schedule.warmup_epochs * steps_per_epoch))
+        method.train()
+        self.step_runner = StepRunner(method, device, options, world)
+        self.optimizer = method.build_optimizer(batch_size)
+        self.peak_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.order_generator = torch.Generator(device="cpu").manual_seed(seed)
+        # one process draws its views from the order's generator (as every earlier version did,
+        # so single-process records reproduce); each rank of several draws from its own
+        self.view_generator = self.order_generator if not world.distributed else \
+            torch.Generator(device="cpu").manual_seed(seed + 1_000_003 * (world.rank + 1))
+        if world.distributed and device.type == "cuda":
+            torch.cuda.manual_seed(seed + 1_000_003 * (world.rank + 1))  # global GPU draws (the shuffled-BN order) differ per rank
+        self.views_on = device if options.augment_on == "device" else torch.device("cpu")
+        self.history: list[dict] = []
+        self.snapshots: dict[int, dict] = {}
+        self.epoch_logs: dict[str, list[float]] = {}
+        self.order = torch.randperm(len(images), generator=self.order_generator)
+        self.position, self.first_step, self.seconds_before = 0, 0, 0.0
+        self.step_history: list[dict] = []
+        self.step_seconds: list[float] = []
+        self.log_every = max(1, total_steps // STEP_HISTORY_POINTS)
+        self.epochs_total = math.ceil(total_steps / steps_per_epoch)
+        self.log_lines_every = max(1, self.epochs_total // 20)
+        self.bar = self.writer = None
+        self.factor = 0.0
+
+    def resume(self, checkpoint_dir: Path | None) -> None:
+        """Continue from the newest readable checkpoint, if any (every rank from the same step)."""
+        resumed = latest_checkpoint(checkpoint_dir)
+        found = gather_objects(resumed["step"] if resumed is not None else None)
+        if len(set(found)) > 1:  # e.g. a rank that could not read the newest file on its node
+            raise RuntimeError(f"{checkpoint_dir}: the processes found checkpoints of different steps {found}; "
+                               f"remove the unreadable one(s) and start again")
+        if resumed is None:
+            return
+        if resumed["total_steps"] != self.total_steps or resumed["batch_size"] != self.batch_size \
+                or resumed.get("world_size", 1) != self.world.size:
+            raise ValueError(f"{checkpoint_dir}: checkpoint of another schedule ({resumed['total_steps']} steps of "
+                             f"{resumed['batch_size']} on {resumed.get('world_size', 1)} process(es)), expected "
+                             f"{self.total_steps} steps of {self.batch_size} on {self.world.size}")
+        self.method.load_checkpoint_state(resumed["method"])
+        self.optimizer.load_state_dict(resumed["optimizer"])
+        if self.step_runner.scaler is not None and resumed.get("scaler"):
+            self.step_runner.scaler.load_state_dict(resumed["scaler"])
+        rank_state = resumed["ranks"][self.world.rank]
+        self.order_generator.set_state(resumed["order_generator"])
+        self.view_generator.set_state(rank_state["view_generator"])
+        torch.set_rng_state(rank_state["torch_rng"])
+        if rank_state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rank_state["cuda_rng"], self.device)
+        self.order, self.position, self.history = resumed["order"], resumed["position"], resumed["history"]
+        self.first_step, self.seconds_before = resumed["step"], resumed["seconds"]
+        self.step_history = [entry for entry in resumed.get("step_history", []) if entry["step"] <= self.first_step]
+
+    def open_logs(self, description: str, log_dir: Path | None) -> None:
+        """The progress bar, and TensorBoard on rank 0 (events after a resumed checkpoint dropped)."""
+        self.bar = tqdm(total=self.total_steps, initial=self.first_step, desc=description, unit="step", leave=False,
+                        disable=None if self.world.is_main else True)
+        if log_dir is not None and self.world.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(log_dir), purge_step=self.first_step)
+
+    def close_logs(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def _next_batch(self) -> torch.Tensor:
+        """This rank's share of the next global batch (a new order once an epoch's images are used)."""
+        if self.position + self.batch_size > len(self.images):
+            self.order, self.position = torch.randperm(len(self.images), generator=self.order_generator), 0
+        rank = self.world.rank
+        mine = self.order[self.position + rank * self.local_batch : self.position + (rank + 1) * self.local_batch]
+        batch = self.images[mine]
+        if self.views_on.type == "cuda":
+            batch = batch.pin_memory().to(self.views_on, non_blocking=True)  # the copy overlaps the previous step's kernels
+        self.position += self.batch_size
+        return batch
+
+    def train_step(self, step: int, snapshot_steps: tuple[int, ...]) -> None:
+        step_started = time.perf_counter()
+        _fault_injection(step)
+        batch = self._next_batch()
+        self.factor = learning_rate_factor(schedule_step(step, self.steps_per_epoch, self.schedule.unit),
+                                           self.total_steps, self.warmup_steps, self.schedule.final_lr_fraction)
+        for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
+            group["lr"] = peak if group.get(FIXED_LR) else peak * self.factor
+        # the views' random parameters come from the CPU generator wherever the views are made:
+        # views made on the GPU equal those made on the CPU, and a resumed run continues them
+        views = self.method.make_views(batch, generator=self.view_generator)
+        views = [view.to(self.device, non_blocking=True) for view in views]
+        loss, logs = self.step_runner(views, self.optimizer, step, progress=(step + 1) / self.total_steps)
+        for key, value in logs.items():
+            self.epoch_logs.setdefault(key, []).append(float(value))
+        self.bar.set_postfix(loss=f"{logs.get('loss', loss.item()):.4f}")
+        self.bar.update(1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the step's kernels are done before it is timed
+        self.step_seconds.append(time.perf_counter() - step_started)
+        self._log_step(step, logs)
+        if step + 1 in snapshot_steps:
+            self.snapshots[step + 1] = self.method.export_encoder()
+
+    def _log_step(self, step: int, logs: dict) -> None:
+        scalars = {"lr": self.peak_lrs[0] * self.factor, "images_per_second": self.batch_size / self.step_seconds[-1], **logs}
+        if (step + 1) % self.log_every == 0 or step + 1 == self.total_steps:
+            self.step_history.append({"step": step + 1} | {key: float(value) for key, value in scalars.items()})
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(f"pretrain/{key}", float(value), step + 1)
+
+    def end_epoch(self, step: int, description: str) -> None:
+        """The epoch's mean logs into the history; without a progress bar, about 20 lines per run."""
+        self.history.append({"epoch": len(self.history) + 1, "step": step + 1, "lr": self.peak_lrs[0] * self.factor}
+                            | {key: float(np.mean(values)) for key, values in self.epoch_logs.items()})
+        self.epoch_logs = {}
+        if self.bar.disable and self.world.is_main and self.epochs_total > 1 \
+                and (len(self.history) % self.log_lines_every == 0 or step + 1 == self.total_steps):
+            # no bar where output is not a terminal (a log file, a SLURM job): about 20 lines instead
+            # (none for a run of one epoch: the checks and tests that run one would only be noisier)
+            seconds_per_step = float(np.mean(self.step_seconds[-self.steps_per_epoch:]))
+            tqdm.write(f"{description}: epoch {len(self.history)}/{self.epochs_total}, step {step + 1}/{self.total_steps}, "
+                       f"loss {self.history[-1].get('loss', float('nan')):.4f}, {seconds_per_step:.2f} s/step, "
+                       f"~{(self.total_steps - step - 1) * seconds_per_step / 60:.1f} min left")
+
+    def save_checkpoint(self, checkpoint_dir: Path, step: int, seconds: float) -> None:
+        """Everything needed to continue after ``step``; rank 0 writes it, every rank's random state in it."""
+        # every rank's random state, so each continues its own stream of views
+        ranks = gather_objects({
+            "view_generator": self.view_generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        })
+        if self.world.is_main:
+            _save_checkpoint(checkpoint_dir, len(self.history), {
+                "format": "cxrbench-pretrain-checkpoint-2",
+                "method": self.method.checkpoint_state(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.step_runner.scaler.state_dict() if self.step_runner.scaler is not None else None,
+                "order_generator": self.order_generator.get_state(), "ranks": ranks,
+                "order": self.order, "position": self.position, "history": self.history, "step": step + 1,
+                "step_history": self.step_history,
+                "total_steps": self.total_steps, "batch_size": self.batch_size, "world_size": self.world.size,
+                "seconds": seconds,
+            })
+        barrier()  # no rank runs ahead of a checkpoint that is not written yet

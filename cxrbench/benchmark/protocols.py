@@ -164,30 +164,8 @@ class FrozenProtocol:
         best = {"val_score": -1.0}
         curves: dict[str, list[list[float]]] = {}  # learning rate -> [epoch, validation score]
         for learning_rate in config["learning_rates"]:
-            generator = torch.Generator().manual_seed(seed)
-            layer = nn.Linear(x_train.shape[1], len(dataset.label_columns))
-            with torch.no_grad():
-                layer.weight.normal_(0, 0.01, generator=generator)
-                layer.bias.zero_()
-            optimizer = torch.optim.Adam(layer.parameters(), lr=learning_rate, weight_decay=config["weight_decay"])
-            batch_size = config["batch_size"]
-            evaluated = frozen_evaluation_epochs(config["epochs"])
-            for epoch in range(1, config["epochs"] + 1):
-                order = torch.randperm(len(train), generator=generator)
-                for start in range(0, len(train), batch_size):
-                    chunk = order[start : start + batch_size]
-                    loss = F.binary_cross_entropy_with_logits(layer(x_train[chunk]), y_train[chunk])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                if epoch in evaluated:
-                    with torch.no_grad():
-                        val_scores = layer(x_val).numpy()
-                    score = auroc_per_class(y_val, val_scores, dataset.label_columns)["mean_auroc"] or 0.0
-                    curves.setdefault(f"{learning_rate:g}", []).append([epoch, float(score)])
-                    if score > best["val_score"]:
-                        best = {"val_score": score, "val_metric": "mean_auroc", "learning_rate": learning_rate, "epoch": epoch,
-                                "state": copy.deepcopy(layer.state_dict())}
+            layer, best = _probe_one_rate(learning_rate, x_train, y_train, x_val, y_val, dataset.label_columns, seed, config,
+                                          curves, best)
         trained = time.perf_counter()
         layer.load_state_dict(best.pop("state"))
         best["curves"] = curves
@@ -208,6 +186,37 @@ class FrozenProtocol:
         encoder = load_encoder(encoder_state, device)
         reestimate_batchnorm(encoder, dataset.images[dataset.split_positions("train")], device)
         return {"features": predict(encoder, dataset.images, device)}
+
+
+def _probe_one_rate(learning_rate: float, x_train, y_train, x_val, y_val, label_columns, seed: int, config: dict,
+                    curves: dict, best: dict) -> tuple[nn.Linear, dict]:
+    """Train the linear probe at one learning rate; its validation curve goes into ``curves``, and
+    ``best`` (over every rate so far) is returned updated with the best (rate, epoch) and its weights."""
+    generator = torch.Generator().manual_seed(seed)
+    layer = nn.Linear(x_train.shape[1], len(label_columns))
+    with torch.no_grad():
+        layer.weight.normal_(0, 0.01, generator=generator)
+        layer.bias.zero_()
+    optimizer = torch.optim.Adam(layer.parameters(), lr=learning_rate, weight_decay=config["weight_decay"])
+    evaluated = frozen_evaluation_epochs(config["epochs"])
+    for epoch in range(1, config["epochs"] + 1):
+        order = torch.randperm(len(x_train), generator=generator)
+        for start in range(0, len(x_train), config["batch_size"]):
+            chunk = order[start : start + config["batch_size"]]
+            loss = F.binary_cross_entropy_with_logits(layer(x_train[chunk]), y_train[chunk])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if epoch not in evaluated:
+            continue
+        with torch.no_grad():
+            val_scores = layer(x_val).numpy()
+        score = auroc_per_class(y_val, val_scores, label_columns)["mean_auroc"] or 0.0
+        curves.setdefault(f"{learning_rate:g}", []).append([epoch, float(score)])
+        if score > best["val_score"]:
+            best = {"val_score": score, "val_metric": "mean_auroc", "learning_rate": learning_rate, "epoch": epoch,
+                    "state": copy.deepcopy(layer.state_dict())}
+    return layer, best
 
 
 class FinetuneProtocol:

@@ -225,17 +225,7 @@ class Runner:
         held, failure, decision = False, None, LeaseDecision.PRETRAIN
         try:
             if lease is not None:
-                if self.encoder_is_stored(method_name):
-                    decision = LeaseDecision.STORED
-                else:
-                    try:
-                        lease.acquire()
-                        held = True
-                    except BaseException as error:  # shared before it is raised, Ctrl-C included
-                        failure = error
-                        decision = LeaseDecision.REFUSED if isinstance(error, PretrainingInProgressError) else LeaseDecision.FAILED
-                    if held and self.encoder_is_stored(method_name):
-                        decision = LeaseDecision.STORED
+                held, failure, decision = self._take_lease(method_name, lease)
             decision = sum_across_processes(decision)  # only rank 0 adds anything
             if decision == LeaseDecision.REFUSED:
                 raise failure or PretrainingInProgressError(f"{directory}: rank 0 found another process pretraining it")
@@ -245,6 +235,22 @@ class Runner:
         finally:
             if held:
                 lease.release()
+
+    def _take_lease(self, method_name: str, lease: PretrainingLease) -> tuple[bool, BaseException | None, LeaseDecision]:
+        """Rank 0's look: (lease held, the error that refused it, what every rank does)."""
+        if self.encoder_is_stored(method_name):
+            return False, None, LeaseDecision.STORED
+        try:
+            lease.acquire()
+        except BaseException as error:  # shared before it is raised, Ctrl-C included
+            return False, error, LeaseDecision.REFUSED if isinstance(error, PretrainingInProgressError) else LeaseDecision.FAILED
+        # looked for again once held: another process may have stored it and let go in between
+        try:
+            stored = self.encoder_is_stored(method_name)
+        except BaseException:
+            lease.release()
+            raise
+        return True, None, LeaseDecision.STORED if stored else LeaseDecision.PRETRAIN
 
     def _store_pretraining(self, method_name: str, method: Method, dataset: PreparedDataset, seed: int, result, directory: Path) -> None:
         settings = self.profile["pretrain"]

@@ -11,7 +11,7 @@ import inspect
 
 from mmengine.registry import Registry
 
-from cxrbench.plugins import load_entry_points
+from cxrbench.plugins import EntryPointGroup
 
 DATASETS = Registry("cxrbench dataset")
 
@@ -32,16 +32,11 @@ def register_dataset(name: str, origin: str = "built-in"):
 
 
 ENTRY_POINT_GROUP = "cxrbench.datasets"
-_plugins_loaded = False
 
 
 def load_plugins() -> None:
     """Register every ``cxrbench.datasets`` entry point once (at ``cxrbench.datasets``' import)."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    load_entry_points(ENTRY_POINT_GROUP, "dataset", _accept_plugin)
+    PLUGINS.load()
 
 
 def _accept_plugin(name: str, loaded, origin: str) -> str | None:
@@ -51,6 +46,9 @@ def _accept_plugin(name: str, loaded, origin: str) -> str | None:
         return f"has the name of a {DATASET_ORIGINS[name]} dataset"
     register_dataset(name, origin=origin)(loaded)
     return None
+
+
+PLUGINS = EntryPointGroup(ENTRY_POINT_GROUP, "dataset", _accept_plugin)
 
 
 def available_datasets() -> list[str]:

@@ -17,7 +17,7 @@ import inspect
 
 from mmengine.registry import Registry
 
-from cxrbench.plugins import load_entry_points
+from cxrbench.plugins import EntryPointGroup
 
 METHODS = Registry("cxrbench method")
 # name -> "built-in" or the distribution (pip package) it came from
@@ -27,7 +27,6 @@ METHOD_ORIGINS: dict[str, str] = {}
 METHOD_GROUPS: dict[str, list[str]] = {}
 
 ENTRY_POINT_GROUP = "cxrbench.methods"
-_plugins_loaded = False
 
 
 def register_method(name: str, origin: str = "built-in"):
@@ -60,11 +59,7 @@ def expand_methods(names: list[str]) -> list[str]:
 
 def load_plugins() -> None:
     """Import every ``cxrbench.methods`` entry point once; a broken plugin is a warning."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    load_entry_points(ENTRY_POINT_GROUP, "method", _accept_plugin)
+    PLUGINS.load()
 
 
 def _accept_plugin(name: str, loaded, origin: str) -> None:
@@ -73,6 +68,9 @@ def _accept_plugin(name: str, loaded, origin: str) -> None:
         register_method(name, origin=origin)(loaded)
     elif name in METHOD_ORIGINS:
         METHOD_ORIGINS[name] = origin
+
+
+PLUGINS = EntryPointGroup(ENTRY_POINT_GROUP, "method", _accept_plugin)
 
 
 def available_methods() -> list[str]:

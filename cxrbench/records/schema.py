@@ -70,8 +70,21 @@ class Cell:
         return cls(data["method"], data["dataset"], data["protocol"], float(fraction), seed)
 
 
+class _JsonRecord:
+    """What both records share: written as plain JSON, read back from a JSON object."""
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def _as_object(data: Any) -> dict:
+        if not isinstance(data, dict):
+            raise RecordError(f"the file holds a JSON {type(data).__name__}, expected an object")
+        return data
+
+
 @dataclass
-class CellRecord:
+class CellRecord(_JsonRecord):
     """One evaluated cell: its scores, how they were made, and where its predictions are."""
 
     cell: Cell
@@ -104,13 +117,11 @@ class CellRecord:
     created: str | None = None
     schema_version: int = SCHEMA_VERSION
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_json(cls, data: Any) -> CellRecord:
-        if not isinstance(data, dict):
-            raise RecordError(f"the file holds a JSON {type(data).__name__}, expected an object")
+    def from_json(cls, data: Any, check_scores: bool = True) -> CellRecord:
+        """The record in ``data``; ``check_scores=False`` leaves the scores' values unchecked (the
+        runner's question is only whether the cell was done, not whether its score is usable)."""
+        data = cls._as_object(data)
         version = data.get("schema_version", 1)
         if version not in (1, SCHEMA_VERSION):
             raise RecordError(f"schema_version is {version!r}, expected 1 or {SCHEMA_VERSION} (a newer cxrbench wrote it?)")
@@ -121,7 +132,7 @@ class CellRecord:
         headline = data.get("headline_metric", "mean_auroc")
         if not isinstance(headline, str):
             raise RecordError(f"headline_metric is {headline!r}, expected a string")
-        for name in {"mean_auroc", "dice_per_image", headline}:
+        for name in {"mean_auroc", "dice_per_image", headline} if check_scores else ():
             _check_score(metrics, name)
         predictions = data.get("predictions_file")
         if predictions is not None and (not isinstance(predictions, str) or not predictions or Path(predictions).name != predictions):
@@ -164,7 +175,7 @@ _FIELDS = [f.name for f in dataclasses.fields(CellRecord)]
 
 
 @dataclass
-class PretrainRecord:
+class PretrainRecord(_JsonRecord):
     """One pretraining: the encoder beside it (``encoder.pth``) and how it was made."""
 
     method: str
@@ -184,13 +195,9 @@ class PretrainRecord:
     created: str | None = None
     schema_version: int = SCHEMA_VERSION
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_json(cls, data: Any) -> PretrainRecord:
-        if not isinstance(data, dict):
-            raise RecordError(f"the file holds a JSON {type(data).__name__}, expected an object")
+        data = cls._as_object(data)
         for name in ("method", "pretrain_dataset"):
             if not isinstance(data.get(name), str):
                 raise RecordError(f"{name} is {data.get(name)!r}, expected a string")
@@ -227,7 +234,7 @@ def record_problem(path: Path, cell: Cell) -> str | None:
     if not isinstance(data, dict) or not isinstance(data.get("cell"), dict):
         return "not a cell record (no 'cell')"
     try:
-        record = CellRecord.from_json(data)
+        record = CellRecord.from_json(data, check_scores=False)
     except RecordError as error:
         stored = data["cell"]
         return f"holds another cell ({stored})" if str(error).startswith("cell.") else str(error)

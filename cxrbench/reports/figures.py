@@ -253,18 +253,23 @@ def gradcam_figure(results_dir: Path, records: pd.DataFrame, stem: Path, max_ima
         keys = list(zip(arrays["cam_image_ids"], arrays["cam_labels"]))
         for axis, key in zip(axes_row, common):
             k = keys.index(key)
-            axis.imshow(arrays["cam_images"][k], cmap="gray", vmin=0, vmax=255)
-            axis.imshow(arrays["cams"][k].astype(np.float32), cmap="jet", alpha=0.4, vmin=0, vmax=1)
-            for x, y, w, h in np.asarray(arrays["cam_boxes"][k]).reshape(-1, 4):
-                if np.isfinite(x):
-                    axis.add_patch(patches.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="white", linewidth=1.0))
-            axis.set_xticks([]), axis.set_yticks([])
+            _draw_heatmap(axis, arrays["cam_images"][k], arrays["cams"][k], arrays["cam_boxes"][k])
             if axis is axes_row[0]:
                 axis.set_ylabel(row.display_name, fontsize=8)
             if row is chosen[0]:
                 axis.set_title(f"{key[0]}\n{key[1]}", fontsize=6)
     figure.suptitle(f"Grad-CAM, fine-tuned at {_fraction_text(first.label_fraction)} on {first.dataset} (boxes: ground truth)", fontsize=9)
     return _save(figure, stem), table
+
+
+def _draw_heatmap(axis, image: np.ndarray, heatmap: np.ndarray, boxes: np.ndarray) -> None:
+    """A radiograph with its Grad-CAM heatmap over it and the ground-truth boxes (NaN rows: none)."""
+    axis.imshow(image, cmap="gray", vmin=0, vmax=255)
+    axis.imshow(heatmap.astype(np.float32), cmap="jet", alpha=0.4, vmin=0, vmax=1)
+    for x, y, w, h in np.asarray(boxes).reshape(-1, 4):
+        if np.isfinite(x):
+            axis.add_patch(patches.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="white", linewidth=1.0))
+    axis.set_xticks([]), axis.set_yticks([])
 
 
 def _fraction_text(fraction: float) -> str:

@@ -623,8 +623,6 @@ def side_by_side(our_table: Table, paper: pd.DataFrame, baseline: str | None) ->
                 continue
             row = f"{label} [{source}]"
             rows.append(row)
-            for column in columns:
-                if (label, column) in table.cells:
-                    cells[(row, column)] = table.cells[(label, column)]
+            cells.update({(row, column): table.cells[(label, column)] for column in columns if (label, column) in table.cells})
     return Table(rows, columns, cells, our_table.baseline or paper_table.baseline, pd.concat([our_table.summary, paper_table.summary]),
                  {}, our_table.significance)

@@ -40,7 +40,6 @@ import copy
 import dataclasses
 import inspect
 import random
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -53,7 +52,7 @@ from cxrbench.methods.backbone import encoder_state_dict, feature_dim, imagenet_
 FIXED_LR = "fixed_lr"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class LrSchedule:
     """Linear warm-up from 0 over ``warmup_epochs``, then cosine decay to ``final_lr_fraction`` of
     the peak; evaluated every step, or at each epoch's first step (``unit="epoch"``)."""

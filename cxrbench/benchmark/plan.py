@@ -50,9 +50,9 @@ class RunPlan:
     def methods(self) -> list[str]:
         return list(cells_by_method(self.cells))
 
-    def runnable(self, cells: list[Cell] | None = None) -> list[Cell]:
-        """``cells`` (default: all planned) whose method can run here."""
-        return [cell for cell in (self.cells if cells is None else cells) if cell.method not in self.cannot_run]
+    def runnable(self) -> list[Cell]:
+        """The planned cells whose method can run here."""
+        return [cell for cell in self.cells if cell.method not in self.cannot_run]
 
     def pretraining_methods(self) -> list[str]:
         return [name for name in self.methods if get_method(name).pretrains]

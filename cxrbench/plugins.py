@@ -1,4 +1,4 @@
-"""Plugin discovery shared by the three registries (methods, protocols, datasets).
+"""The one registry shape shared by methods, protocols and datasets, and their plugin discovery.
 
 A package extends cxrbench without touching it by declaring entry points in the groups
 ``cxrbench.methods``, ``cxrbench.protocols`` and ``cxrbench.datasets``::
@@ -15,7 +15,9 @@ every registered name with its origin ("built-in" or the distribution it came fr
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 
@@ -45,3 +47,78 @@ class EntryPointGroup:
         if not self.loaded:
             self.loaded = True
             load_entry_points(self.group, self.kind, self.accept)
+
+
+class Registry(Mapping):
+    """Names -> registered objects (method classes, dataset source classes, protocol objects), with
+    each one's origin; the group's entry points are loaded the first time the registry is read.
+
+    Built-in entries come through the ``register(name)`` class decorator. A plugin entry point's
+    object is checked by ``refuse`` (a reason, or None to accept) and given the entry point's name;
+    a plugin module that registers its entries itself when imported is accepted as it is.
+    ``prepare(name, obj)`` turns what is registered into what is stored (a protocol class into
+    its instance, a method class given its display name).
+
+    Hand-written rather than mmengine's ``Registry``, which the methods and datasets used
+    before: that one holds classes and functions only (a protocol is an object), and its scopes
+    and build-from-config machinery are unused here.
+    """
+
+    def __init__(self, kind: str, group: str, refuse: Callable[[Any], str | None] = lambda obj: None,
+                 prepare: Callable[[str, Any], Any] | None = None):
+        self.kind, self.group = kind, group
+        self._refuse, self._prepare = refuse, prepare
+        self._entries: dict[str, Any] = {}
+        self.origins: dict[str, str] = {}  # name -> "built-in", a distribution's name, or an encoder file
+        self._plugins = EntryPointGroup(group, kind, self._accept_plugin)
+
+    def register(self, name: str, origin: str = "built-in"):
+        """Class decorator: register under ``name`` (the class gets ``name``)."""
+
+        def decorate(obj):
+            self.add(name, obj, origin)
+            return obj
+
+        return decorate
+
+    def add(self, name: str, obj, origin: str = "built-in") -> None:
+        obj.name = name
+        self._entries[name] = self._prepare(name, obj) if self._prepare else obj
+        self.origins[name] = origin
+
+    def remove(self, name: str) -> None:
+        """Take an entry out (tests that register a throw-away method)."""
+        self._entries.pop(name, None)
+        self.origins.pop(name, None)
+
+    def _accept_plugin(self, name: str, loaded, origin: str) -> str | None:
+        if inspect.ismodule(loaded):  # it registered its entries when imported
+            if name in self._entries:
+                self.origins[name] = origin
+            return None
+        if name in self._entries:
+            return f"has the name of a {self.origins[name]} {self.kind}"
+        refusal = self._refuse(loaded)
+        if refusal:
+            return refusal
+        self.add(name, loaded, origin)
+        return None
+
+    def load_plugins(self) -> None:
+        self._plugins.load()
+
+    def __getitem__(self, name: str):
+        self.load_plugins()
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self.load_plugins()
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        self.load_plugins()
+        return len(self._entries)
+
+    def __contains__(self, name) -> bool:
+        self.load_plugins()
+        return name in self._entries

@@ -168,7 +168,7 @@ def test_status_reports_done_running_interrupted_and_left_from_the_folder_alone(
     (out / "cells" / "simclr__phantom-nih__frozen__10pct__seed0.json").unlink()
     claims = out / "cells" / "claims"
     claims.mkdir(parents=True, exist_ok=True)
-    from cxrbench.benchmark.lease import _pid_namespace
+    from cxrbench.benchmark.pretraining.lease import _pid_namespace
 
     (claims / "simclr__phantom-nih__frozen__10pct__seed0.json").write_text(json.dumps(
         {"host": socket.gethostname(), "pid": os.getpid(), "pid_namespace": _pid_namespace(), "job": None, "started": "now"}))

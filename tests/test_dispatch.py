@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cxrbench.benchmark.config import RunConfig
 from cxrbench.benchmark.cli import main
 from cxrbench.benchmark.dispatch import Executors, SlurmOptions, default_threads, parse_slurm_time
 
@@ -186,10 +187,10 @@ def test_cell_jobs_share_the_frozen_features_through_the_output_directory(tmp_pa
     import numpy as np
     import torch
 
-    from cxrbench.benchmark.protocol_registry import PROTOCOLS
+    from cxrbench.benchmark.protocols.registry import PROTOCOLS
     from cxrbench.benchmark.runner import Cell, Runner
 
-    first = Runner(smoke_profile, tmp_path, torch.device("cpu"), echo=lambda _: None, persist_shared=True)
+    first = Runner(RunConfig.from_profile(smoke_profile), tmp_path, torch.device("cpu"), echo=lambda _: None, persist_shared=True)
     first.run([Cell("sup1", "phantom-nih", "frozen", 100.0, 0)])
     stored = list((tmp_path / "shared").glob("*.npz"))
     assert [path.name for path in stored] == ["sup1__init-seed0__phantom-nih__frozen-bn-train.npz"]  # the protocol version in the name
@@ -200,5 +201,5 @@ def test_cell_jobs_share_the_frozen_features_through_the_output_directory(tmp_pa
         raise AssertionError("features recomputed although they are stored")
 
     monkeypatch.setattr(PROTOCOLS["frozen"], "prepare_shared", must_not_recompute)
-    second = Runner(smoke_profile, tmp_path, torch.device("cpu"), echo=lambda _: None, persist_shared=True)
+    second = Runner(RunConfig.from_profile(smoke_profile), tmp_path, torch.device("cpu"), echo=lambda _: None, persist_shared=True)
     assert len(second.run([Cell("sup1", "phantom-nih", "frozen", 10.0, 0)])) == 1

@@ -23,9 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cxrbench.benchmark.pretrain import StepRunner, TrainingOptions
-from cxrbench.benchmark.profiles import load_profile
-from cxrbench.benchmark.runner import method_hyperparameters
+from cxrbench.benchmark.pretraining.loop import StepRunner, TrainingOptions
+from cxrbench.benchmark.profiles import load_profile, method_hyperparameters
 from cxrbench.methods import available_methods, get_method
 
 GLOBAL_BATCH, IMAGE_SIZE, STEPS, PROCESSES = 8, 64, 2, 2

@@ -6,7 +6,7 @@ import torch
 
 from cxrbench.benchmark.cli import main
 from cxrbench.methods import METHODS
-from cxrbench.methods.registry import METHOD_ORIGINS, register_method
+from cxrbench.methods.registry import register_method
 from cxrbench.methods.simclr import SimCLR
 
 
@@ -39,8 +39,7 @@ def test_a_method_that_raises_in_its_step_fails_the_doctor(tmp_path, capsys):
         out = tmp_path / "doctor.json"
         code = main(["doctor", "--device", "cpu", "--profile", "smoke", "--methods", "broken-for-doctor,simclr", "--out", str(out)])
     finally:
-        METHODS.module_dict.pop("broken-for-doctor")
-        METHOD_ORIGINS.pop("broken-for-doctor", None)
+        METHODS.remove("broken-for-doctor")
     printed = capsys.readouterr().out
     assert code == 1
     broken = [line for line in printed.splitlines() if "broken-for-doctor" in line and line.startswith(("PASS", "FAIL"))]

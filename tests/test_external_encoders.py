@@ -186,7 +186,7 @@ def test_a_resnet50_file_is_a_row_of_its_own_trunk_in_every_protocol(tmp_path):
     import pandas as pd
 
     from cxrbench.benchmark.cli import main
-    from cxrbench.benchmark.segmentation import build_unet
+    from cxrbench.benchmark.protocols.segmentation import build_unet
     from cxrbench.reports.tables import load_records, profile_note
 
     torch.manual_seed(0)

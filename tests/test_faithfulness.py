@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.benchmark.cli import main
-from cxrbench.benchmark.pretrain import learning_rate_factor, schedule_step
-from cxrbench.benchmark.profiles import available_profiles, load_profile
-from cxrbench.benchmark.runner import method_hyperparameters
+from cxrbench.benchmark.pretraining.schedule import learning_rate_factor, schedule_step
+from cxrbench.benchmark.profiles import available_profiles, load_profile, method_hyperparameters
 from cxrbench.methods import get_method
 from cxrbench.methods.backbone import to_model_input
 from cxrbench.methods.lars import LARS

@@ -11,7 +11,7 @@ import ot
 import pytest
 import torch
 
-from cxrbench.benchmark.pretrain import StepRunner, TrainingOptions, pretrain
+from cxrbench.benchmark.pretraining.loop import StepRunner, TrainingOptions, pretrain
 from cxrbench.methods import available_methods, get_method
 from cxrbench.methods.sinkhorn import sinkhorn_solve
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cxrbench.benchmark.lease import LEASE_NAME, PretrainingInProgressError, PretrainingLease, live_holder
+from cxrbench.benchmark.config import RunConfig
+from cxrbench.benchmark.pretraining.lease import LEASE_NAME, PretrainingInProgressError, PretrainingLease, live_holder
 from cxrbench.records.schema import PretrainRecord
 
 
@@ -53,7 +54,7 @@ def test_the_lease_of_a_dead_process_on_this_host_is_free_at_once(tmp_path):
 
 def test_a_lease_taken_between_a_look_and_the_link_is_not_overwritten(tmp_path, monkeypatch):
     """Two starts at once: the one whose link fails must find the other's live lease and stop."""
-    from cxrbench.benchmark import lease as lease_module
+    from cxrbench.benchmark.pretraining import lease as lease_module
 
     lease = PretrainingLease(tmp_path)
     create = lease._create
@@ -70,7 +71,7 @@ def test_a_lease_taken_between_a_look_and_the_link_is_not_overwritten(tmp_path, 
 
 
 def test_a_stale_lease_is_replaced_but_one_renewed_meanwhile_is_put_back(tmp_path, monkeypatch):
-    from cxrbench.benchmark import lease as lease_module
+    from cxrbench.benchmark.pretraining import lease as lease_module
 
     stale = _foreign_lease(tmp_path, seconds_ago=3600)
     lease = PretrainingLease(tmp_path)
@@ -102,7 +103,7 @@ def test_a_lease_from_another_node_holds_until_its_heartbeat_is_stale(tmp_path):
 
 
 def test_the_holder_keeps_its_heartbeat_fresh_through_passing_file_system_errors(tmp_path, monkeypatch):
-    from cxrbench.benchmark import lease as lease_module
+    from cxrbench.benchmark.pretraining import lease as lease_module
 
     failures = [OSError(116, "Stale file handle")] * 2
     utime = os.utime
@@ -172,7 +173,7 @@ class _RecordingExecutors:
 
 
 def _store_fake_encoder(runner, method):
-    directory = runner.pretrain_dir(method, runner.profile["pretrain"]["dataset"])
+    directory = runner.pretrain_dir(method, runner.config.pretrain.dataset)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "encoder.pth").write_bytes(b"")
     (directory / "record.json").write_text("{}")
@@ -183,7 +184,7 @@ def _simclr_grid(smoke_profile, out):
 
     from cxrbench.benchmark.runner import Cell, Runner
 
-    runner = Runner(smoke_profile, out, torch.device("cpu"), echo=lambda _: None)
+    runner = Runner(RunConfig.from_profile(smoke_profile), out, torch.device("cpu"), echo=lambda _: None)
     return runner, [Cell("simclr", "phantom-nih", "frozen", fraction, 0) for fraction in (10.0, 100.0)]
 
 
@@ -258,7 +259,7 @@ class _RefusedJob(_FinishedJob):
 
     def results(self):
         raise RuntimeError("Job (task=0) failed during processing with trace:\n----\nTraceback ...\n"
-                           "cxrbench.benchmark.lease.PretrainingInProgressError: simclr__phantom-nih is being pretrained")
+                           "cxrbench.benchmark.pretraining.lease.PretrainingInProgressError: simclr__phantom-nih is being pretrained")
 
 
 def test_a_pretraining_job_refused_by_a_live_lease_waits_for_its_holder_instead_of_failing(tmp_path, smoke_profile):
@@ -294,10 +295,10 @@ def test_a_pretraining_job_refused_by_a_live_lease_waits_for_its_holder_instead_
 def _store_real_encoder(runner, method):
     import torch
 
-    directory = runner.pretrain_dir(method, runner.profile["pretrain"]["dataset"])
+    directory = runner.pretrain_dir(method, runner.config.pretrain.dataset)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save({"weight": torch.ones(2)}, directory / "encoder.pth")
-    record = PretrainRecord(method=method, pretrain_dataset=runner.profile["pretrain"]["dataset"], seconds=1.0, created="elsewhere")
+    record = PretrainRecord(method=method, pretrain_dataset=runner.config.pretrain.dataset, seconds=1.0, created="elsewhere")
     (directory / "record.json").write_text(json.dumps(record.to_json()))
 
 
@@ -306,7 +307,7 @@ def _runner(smoke_profile, out):
 
     from cxrbench.benchmark.runner import Runner
 
-    return Runner(smoke_profile, out, torch.device("cpu"), echo=lambda _: None)
+    return Runner(RunConfig.from_profile(smoke_profile), out, torch.device("cpu"), echo=lambda _: None)
 
 
 def _must_not_pretrain(*args, **kwargs):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cxrbench.benchmark.localisation import _box_mask, localisation_scores
+from cxrbench.benchmark.protocols.localisation import _box_mask, localisation_scores
 
 
 def test_pointing_game_and_mass_inside_the_box():
@@ -22,7 +22,7 @@ def test_pointing_game_and_mass_inside_the_box():
 
 
 def test_the_gradcam_target_is_the_deepest_stage_with_a_map_of_at_least_7_by_7():
-    from cxrbench.benchmark.localisation import gradcam_layer_name
+    from cxrbench.benchmark.protocols.localisation import gradcam_layer_name
 
     # layer4 at the paper's 224 px (7 x 7); at 64 px layer4 would be 2 x 2 and layer3 4 x 4: layer2 (8 x 8)
     assert [gradcam_layer_name(size) for size in (224, 160, 112, 64, 32)] == ["layer4", "layer3", "layer3", "layer2", "layer1"]

@@ -75,7 +75,7 @@ def test_a_dataset_plugin_registers_through_its_entry_point_and_a_bad_one_is_a_w
     _entry_points_of(tmp_path, monkeypatch, "cxrbench.datasets",
                      [("my-site", "my_sites:MySite"), ("broken", "my_sites:NotASource"), ("phantom-nih", "my_sites:MySite"),
                       ("missing", "no_such_module:Site")])
-    monkeypatch.setattr(registry.PLUGINS, "loaded", False)
+    monkeypatch.setattr(DATASETS._plugins, "loaded", False)
     with pytest.warns(UserWarning) as warned:
         registry.load_plugins()
     try:
@@ -85,7 +85,6 @@ def test_a_dataset_plugin_registers_through_its_entry_point_and_a_bad_one_is_a_w
         assert any("'broken'" in m and "not a dataset source class" in m for m in messages)
         assert any("'phantom-nih'" in m and "built-in dataset" in m for m in messages)  # a built-in name stays the built-in's
         assert any("'missing'" in m and "failed to load" in m for m in messages)
-        assert DATASET_ORIGINS["phantom-nih"] == "built-in" and "broken" not in DATASETS.module_dict
+        assert DATASET_ORIGINS["phantom-nih"] == "built-in" and "broken" not in DATASETS
     finally:
-        DATASETS.module_dict.pop("my-site", None)
-        DATASET_ORIGINS.pop("my-site", None)
+        DATASETS.remove("my-site")

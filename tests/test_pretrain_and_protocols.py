@@ -5,9 +5,10 @@ import pytest
 import torch
 import torchvision
 
-from cxrbench.benchmark.metrics import auroc_per_class
-from cxrbench.benchmark.pretrain import learning_rate_factor, pretrain
-from cxrbench.benchmark.protocol_registry import PROTOCOLS
+from cxrbench.benchmark.protocols.metrics import auroc_per_class
+from cxrbench.benchmark.pretraining.loop import pretrain
+from cxrbench.benchmark.pretraining.schedule import learning_rate_factor
+from cxrbench.benchmark.protocols.registry import PROTOCOLS
 from cxrbench.methods import get_method
 
 
@@ -64,7 +65,8 @@ def test_pretraining_writes_its_per_step_curves_for_tensorboard_and_the_record(s
 def test_frozen_features_use_batchnorm_statistics_of_the_training_images(smoke_nih):
     """Every encoder's BN statistics are re-estimated on the training images before pooling:
     the stored statistics (here: absurd ones) must not change the features."""
-    from cxrbench.benchmark.protocols import _as_input, load_encoder, reestimate_batchnorm
+    from cxrbench.benchmark.protocols.base import as_input, load_encoder
+    from cxrbench.benchmark.protocols.frozen import reestimate_batchnorm
 
     torch.manual_seed(0)
     state = get_method("sup1")().export_encoder()
@@ -77,7 +79,7 @@ def test_frozen_features_use_batchnorm_statistics_of_the_training_images(smoke_n
     train_images = smoke_nih.images[smoke_nih.split_positions("train")]
     reestimate_batchnorm(encoder, train_images, torch.device("cpu"), batch_size=len(train_images))
     with torch.no_grad():
-        conv1 = encoder.conv1(_as_input(train_images, torch.device("cpu")))
+        conv1 = encoder.conv1(as_input(train_images, torch.device("cpu")))
     torch.testing.assert_close(encoder.bn1.running_mean, conv1.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(encoder.bn1.running_var, conv1.var((0, 2, 3), unbiased=True), rtol=1e-3, atol=1e-5)
     assert not encoder.training
@@ -118,7 +120,7 @@ def test_frozen_probe_learns_a_linearly_separable_label(smoke_nih, smoke_profile
 
 
 def test_finetune_stops_after_patience_evaluations_without_improvement(smoke_nih, smoke_profile, monkeypatch):
-    from cxrbench.benchmark import protocols
+    from cxrbench.benchmark.protocols import finetune as protocols
 
     # validation scores 0.9, 0.8, 0.7, ...: the best is the first evaluation
     scores = iter([0.9 - 0.1 * i for i in range(20)])

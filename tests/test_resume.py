@@ -8,9 +8,10 @@ import sys
 import pytest
 import torch
 
-from cxrbench.benchmark import pretrain as pretrain_module
-from cxrbench.benchmark.pretrain import latest_checkpoint, pretrain
-from cxrbench.benchmark.runner import method_hyperparameters
+from cxrbench.benchmark.pretraining import loop as pretrain_module
+from cxrbench.benchmark.pretraining.checkpoints import latest_checkpoint
+from cxrbench.benchmark.pretraining.loop import pretrain
+from cxrbench.benchmark.profiles import method_hyperparameters
 from cxrbench.methods import get_method
 
 BATCH = 16

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from cxrbench.benchmark.metrics import segmentation_metrics
-from cxrbench.benchmark.protocol_registry import PROTOCOLS
-from cxrbench.benchmark.segmentation import build_unet
+from cxrbench.benchmark.protocols.metrics import segmentation_metrics
+from cxrbench.benchmark.protocols.registry import PROTOCOLS
+from cxrbench.benchmark.protocols.segmentation import build_unet
 from cxrbench.datasets import DATASETS
 from cxrbench.methods import get_method
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cxrbench.benchmark.pretrain import StepRunner, TrainingOptions
-from cxrbench.benchmark.profiles import load_profile
-from cxrbench.benchmark.runner import method_hyperparameters
+from cxrbench.benchmark.pretraining.loop import StepRunner, TrainingOptions
+from cxrbench.benchmark.profiles import load_profile, method_hyperparameters
 from cxrbench.methods import get_method
 
 

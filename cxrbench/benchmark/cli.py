@@ -15,10 +15,14 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxrbench.benchmark.errors import StoredEncoderError
-from cxrbench.benchmark.lease import PretrainingInProgressError
+from cxrbench.benchmark.pretraining.lease import PretrainingInProgressError
 from cxrbench.records.layout import ResultsFolder
+
+if TYPE_CHECKING:  # torch and the registries load only when a command needs them (``--help`` stays fast)
+    from cxrbench.benchmark.config import RunConfig
 
 EXIT_USAGE = 2
 
@@ -32,7 +36,7 @@ def _csv(text: str) -> list[str]:
 
 
 def _check_choices(kind: str, requested: list[str], valid: list[str]) -> None:
-    from cxrbench.benchmark.protocol_registry import KNOWN_PLUGINS
+    from cxrbench.benchmark.protocols.registry import KNOWN_PLUGINS
 
     for item in requested:
         if item not in valid:
@@ -110,19 +114,20 @@ def _check_device_name(name: str) -> None:
 
 
 def _device(name: str):
+    """``--device`` as a ``torch.device``, resolved in this process (``config.resolve_device``)."""
     import torch
 
+    from cxrbench.benchmark.config import resolve_device
+
     _check_device_name(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise CliError(f"--device {name}: CUDA is not available on this machine; valid: auto, cpu")
-    return torch.device(name)
+    return resolve_device(name)
 
 
 def command_list(args) -> int:
     from cxrbench.benchmark.profiles import available_profiles, load_profile
-    from cxrbench.benchmark.protocol_registry import PROTOCOL_ORIGINS, PROTOCOLS
+    from cxrbench.benchmark.protocols.registry import PROTOCOL_ORIGINS, PROTOCOLS
     from cxrbench.datasets import DATASET_ORIGINS, DATASETS, available_datasets
     from cxrbench.methods import METHOD_ORIGINS, available_methods, get_method
 
@@ -157,7 +162,7 @@ def _print_method_details(name: str) -> int:
     from tabulate import tabulate
 
     from cxrbench.benchmark.profiles import available_profiles, load_profile
-    from cxrbench.benchmark.runner import method_hyperparameters
+    from cxrbench.benchmark.profiles import method_hyperparameters
     from cxrbench.methods import available_methods, get_method
 
     if name not in available_methods():
@@ -207,7 +212,7 @@ def _encoder_rows(specs: list[str]) -> dict[str, str]:
 class ResolvedRun:
     """Everything a ``bench run`` was asked for, resolved and checked before anything is written."""
 
-    profile: dict  # the resolved profile: stored whole in run.json and in every record
+    config: RunConfig  # the resolved, checked settings; its profile is stored whole in run.json and every record
     methods: list[str]
     datasets_by_protocol: dict[str, list[str]]
     fractions: list[float]
@@ -232,11 +237,11 @@ def command_run(args) -> int:
         world, device = init_from_environment(_device(args.device))
     cells = [cell for protocol, datasets in run.datasets_by_protocol.items()
              for cell in grid_cells(run.methods, datasets, [protocol], run.fractions, run.seeds)]
-    plan = RunPlan.for_cells(cells, run.profile)
+    plan = RunPlan.for_cells(cells, run.config)
     if world.is_main:
         _announce(args, run, plan, world)
     started = time.perf_counter()
-    runner = Runner(run.profile, run.out_dir, device)
+    runner = Runner(run.config, run.out_dir, device)
     if world.is_main:  # what `bench status OUT` compares the folder against
         from cxrbench.benchmark.status import write_plan
 
@@ -248,17 +253,40 @@ def command_run(args) -> int:
 
 
 def _resolve_run(args) -> ResolvedRun:
-    """The profile with every --set and flag applied, the methods, datasets, fractions and seeds,
-    and the output folder; each checked, one line per problem (CliError)."""
-    from cxrbench.benchmark.profiles import apply_overrides, available_profiles, load_profile
-    from cxrbench.benchmark.protocol_registry import BUILT_IN, PROTOCOLS
+    """The run's RunConfig (the profile with every --set and flag applied, checked), the methods,
+    datasets, fractions and seeds, and the output folder; each checked, one line per problem (CliError)."""
+    from cxrbench.benchmark.protocols.registry import BUILT_IN, PROTOCOLS
     from cxrbench.benchmark.runner import Runner
 
     encoder_rows = _encoder_rows(args.encoder or [])
     methods = _resolve_methods(args, encoder_rows)
-    _check_choices("profile", [args.profile], available_profiles())
     protocols = list(BUILT_IN) if args.protocol == "all" else _csv(args.protocol)
     _check_choices("protocol", protocols, list(PROTOCOLS) + ["all"])
+    config = _resolve_config(args, encoder_rows)
+    datasets_by_protocol = _resolve_datasets(args, config, protocols)
+    evaluation = config.profile["evaluation"]
+    # an empty --fractions '' or --seeds '' is an error, not the profile's whole grid
+    fractions = _parse_fractions(args.fractions) if args.fractions is not None else \
+        _from_profile(_parse_fractions, "evaluation.fractions", evaluation["fractions"])
+    seeds = _parse_seeds(args.seeds) if args.seeds is not None else _from_profile(_parse_seeds, "evaluation.seeds", evaluation["seeds"])
+    dispatch_options = _dispatch_options(args)
+    _check_available(config, methods, datasets_by_protocol)
+    out_dir = Path(args.out) if args.out else Path("results") / args.profile
+    _check_writable(out_dir, "--out")
+    conflict = Runner.configuration_conflict(out_dir, config.profile)
+    if conflict:
+        raise CliError(f"--out {out_dir} holds records made with another configuration ({conflict}); "
+                       f"use a new --out, or the same profile and --set values")
+    return ResolvedRun(config, methods, datasets_by_protocol, fractions, seeds, out_dir, dispatch_options)
+
+
+def _resolve_config(args, encoder_rows: dict[str, str]) -> RunConfig:
+    """The profile file, then --set, then --encoder rows and the flags that set profile values,
+    built once into a RunConfig that checks every value (CliError naming the key)."""
+    from cxrbench.benchmark.config import ConfigError, RunConfig
+    from cxrbench.benchmark.profiles import apply_overrides, available_profiles, load_profile
+
+    _check_choices("profile", [args.profile], available_profiles())
     profile = load_profile(args.profile)
     try:
         apply_overrides(profile, args.set or [])
@@ -266,22 +294,11 @@ def _resolve_run(args) -> ResolvedRun:
         raise CliError(str(error)) from None
     if encoder_rows:  # stored with the profile: run.json, every record and every grid job read them there
         profile["encoders"] = {**(profile.get("encoders") or {}), **encoder_rows}
-    datasets_by_protocol = _resolve_datasets(args, profile, protocols)
-    evaluation = profile["evaluation"]
-    # an empty --fractions '' or --seeds '' is an error, not the profile's whole grid
-    fractions = _parse_fractions(args.fractions) if args.fractions is not None else \
-        _from_profile(_parse_fractions, "evaluation.fractions", evaluation["fractions"])
-    seeds = _parse_seeds(args.seeds) if args.seeds is not None else _from_profile(_parse_seeds, "evaluation.seeds", evaluation["seeds"])
     _apply_run_flags(args, profile)
-    dispatch_options = _dispatch_options(args)
-    _check_available(profile, methods, datasets_by_protocol)
-    out_dir = Path(args.out) if args.out else Path("results") / args.profile
-    _check_writable(out_dir, "--out")
-    conflict = Runner.configuration_conflict(out_dir, profile)
-    if conflict:
-        raise CliError(f"--out {out_dir} holds records made with another configuration ({conflict}); "
-                       f"use a new --out, or the same profile and --set values")
-    return ResolvedRun(profile, methods, datasets_by_protocol, fractions, seeds, out_dir, dispatch_options)
+    try:
+        return RunConfig.from_profile(profile)
+    except ConfigError as error:
+        raise CliError(str(error)) from None
 
 
 def _resolve_methods(args, encoder_rows: dict[str, str]) -> list[str]:
@@ -298,10 +315,10 @@ def _resolve_methods(args, encoder_rows: dict[str, str]) -> list[str]:
     return expand_methods(methods)
 
 
-def _resolve_datasets(args, profile: dict, protocols: list[str]) -> dict[str, list[str]]:
+def _resolve_datasets(args, config: RunConfig, protocols: list[str]) -> dict[str, list[str]]:
     """Each protocol's datasets: --datasets (those of a task it accepts), else its own profile list,
     else the profile's classification list."""
-    from cxrbench.benchmark.protocol_registry import PROTOCOLS, protocol_config
+    from cxrbench.benchmark.protocols.registry import PROTOCOLS
     from cxrbench.datasets import DATASETS, available_datasets
 
     if args.datasets is not None and not _csv(args.datasets):
@@ -313,11 +330,11 @@ def _resolve_datasets(args, profile: dict, protocols: list[str]) -> dict[str, li
     for protocol in protocols:
         accepts = PROTOCOLS[protocol].tasks
         try:
-            settings = protocol_config(profile, protocol)
+            settings = config.protocol_settings(protocol)
         except KeyError as error:
             raise CliError(error.args[0]) from None
         if requested is None:
-            datasets_by_protocol[protocol] = list(settings.get("datasets", profile["evaluation"]["datasets"]))
+            datasets_by_protocol[protocol] = list(settings.get("datasets", config.evaluation.datasets))
             continue
         datasets_by_protocol[protocol] = [name for name in requested if DATASETS.get(name)().task in accepts]
         if not datasets_by_protocol[protocol] and len(protocols) == 1:
@@ -328,8 +345,7 @@ def _resolve_datasets(args, profile: dict, protocols: list[str]) -> dict[str, li
 
 def _apply_run_flags(args, profile: dict) -> None:
     """The flags that set profile values (--pretrain-dataset, --backbone, --precision, ...,
-    --data-root): a flag that was given overrides the profile."""
-    from cxrbench.benchmark.pretrain import TrainingOptions
+    --data-root): a flag that was given overrides the profile (RunConfig checks the values)."""
     from cxrbench.datasets import available_datasets
 
     if args.pretrain_dataset:
@@ -341,32 +357,27 @@ def _apply_run_flags(args, profile: dict) -> None:
                        ("sync_batchnorm", args.sync_batchnorm or None), ("augment_on", args.augment_on)):
         if value is not None:
             profile["pretrain"][key] = value
-    try:
-        TrainingOptions.from_settings(profile["pretrain"])
-    except ValueError as error:
-        raise CliError(str(error)) from None
     if args.data_root:
         if not Path(args.data_root).is_dir():
             raise CliError(f"--data-root {args.data_root}: no such directory (expected the parent of bench prepare's --out)")
         profile["data"]["root"] = str(Path(args.data_root).resolve())
 
 
-def _check_available(profile: dict, methods: list[str], datasets_by_protocol: dict[str, list[str]]) -> None:
+def _check_available(config: RunConfig, methods: list[str], datasets_by_protocol: dict[str, list[str]]) -> None:
     """Every dataset the run reads is there, and every method's hyperparameters resolve."""
-    from cxrbench.benchmark.profiles import method_hyperparameters
     from cxrbench.datasets import DATASETS
     from cxrbench.methods import get_method
 
     needed = {name for names in datasets_by_protocol.values() for name in names}
     if any(get_method(name).pretrains for name in methods):
-        needed.add(profile["pretrain"]["dataset"])
+        needed.add(config.pretrain.dataset)
     for name in sorted(needed):
-        reason = DATASETS.get(name)().unavailable_reason(profile["data"])
+        reason = DATASETS.get(name)().unavailable_reason(config.data)
         if reason:
             raise CliError(reason)
     for name in methods:
         try:
-            method_hyperparameters(profile, name)
+            config.method_hyperparameters(name)
         except ValueError as error:
             raise CliError(str(error)) from None
 
@@ -413,7 +424,7 @@ def _summarise(run: ResolvedRun, written: int, missing: dict[str, str], failures
     """The paired tests and the learning check written and said; the exit status."""
     from cxrbench.records.comparisons import write_paired_tests
 
-    tests = write_paired_tests(run.out_dir, resamples=int(run.profile["evaluation"].get("bootstrap_resamples", 1000)))
+    tests = write_paired_tests(run.out_dir, resamples=run.config.evaluation.bootstrap_resamples)
     for method, reason in missing.items():
         print(f"bench run: missing: {method}: {reason}")
     print(f"bench run: paired tests against the baseline row in {tests}")
@@ -589,6 +600,7 @@ def command_speed(args) -> int:
     if out.suffix != ".json":
         raise CliError(f"--out {out}: expected a .json file name")
     _check_writable(out.parent, "--out")
+    from cxrbench.benchmark.config import ConfigError, RunConfig
     from cxrbench.benchmark.profiles import available_profiles, load_profile
 
     _check_choices("profile", [args.profile], available_profiles())
@@ -605,6 +617,10 @@ def command_speed(args) -> int:
     report = {"machine": speed.machine()}
     if args.backbone:
         profile.setdefault("model", {})["backbone"] = args.backbone
+    try:
+        config = RunConfig.from_profile(profile)
+    except ConfigError as error:
+        raise CliError(str(error)) from None
     widths = _csv(args.solver_widths)
     if not widths or not all(width.isdigit() and int(width) > 0 for width in widths):
         raise CliError(f"--solver-widths {args.solver_widths!r}: expected comma-separated positive whole numbers, e.g. 512,2048")
@@ -617,12 +633,12 @@ def command_speed(args) -> int:
     print("bench speed: prepared uint8 array against per-sample PNG decoding ...", flush=True)
     report["loader"] = speed.loader_benchmark()
     print(f"bench speed: frozen protocol, cached features against recomputing them ({args.profile} profile) ...", flush=True)
-    report["frozen_cache"] = speed.frozen_cache_benchmark(profile, device=device)
+    report["frozen_cache"] = speed.frozen_cache_benchmark(config, device=device)
     if not args.skip_step:
         print(f"bench speed: pretraining steps of every method at {profile['data']['image_size']} px, batch "
               f"{profile['pretrain']['batch_size']}, {precision}{', channels-last' if channels_last else ''} "
               f"({args.profile} profile), and each method's model-only bound ...", flush=True)
-        report["pretraining"] = speed.pretraining_benchmark(profile, device=device)
+        report["pretraining"] = speed.pretraining_benchmark(config, device=device)
     atomic_write_json(out, report)
     print(tabulate(_speed_rows(report), headers=["measure", "value"], tablefmt="simple"))
     print(out)

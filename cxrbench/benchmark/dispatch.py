@@ -26,7 +26,8 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from cxrbench.benchmark.lease import PretrainingInProgressError
+from cxrbench.benchmark.config import RunConfig, resolve_device
+from cxrbench.benchmark.pretraining.lease import PretrainingInProgressError
 from cxrbench.benchmark.plan import RunPlan, cells_by_method
 from cxrbench.benchmark.runner import Runner
 from cxrbench.methods import get_method
@@ -41,9 +42,7 @@ def _job_device(device: str, threads: int):
 
     if threads:
         torch.set_num_threads(threads)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return resolve_device(device)
 
 
 def interruptible() -> None:
@@ -58,7 +57,7 @@ def interruptible() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def pretraining_job(profile: dict, out_dir: str, device: str, threads: int, method: str) -> str:
+def pretraining_job(config: RunConfig, out_dir: str, device: str, threads: int, method: str) -> str:
     """One job: pretrain ``method`` and store its encoder (nothing if it is stored already).
 
     A job of several tasks (``--pretrain-processes``) is one DistributedDataParallel run:
@@ -74,16 +73,16 @@ def pretraining_job(profile: dict, out_dir: str, device: str, threads: int, meth
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         _, torch_device = init_from_environment(torch_device)
     try:
-        Runner(profile, Path(out_dir), torch_device, echo=print).pretrained_encoder(method)
+        Runner(config, Path(out_dir), torch_device, echo=print).pretrained_encoder(method)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     return method
 
 
-def cell_job(profile: dict, out_dir: str, device: str, threads: int, cell: Cell) -> int:
+def cell_job(config: RunConfig, out_dir: str, device: str, threads: int, cell: Cell) -> int:
     """One job: evaluate one cell with the stored encoder; returns the records written (0 or 1)."""
-    runner = Runner(profile, Path(out_dir), _job_device(device, threads), echo=print, persist_shared=True)
+    runner = Runner(config, Path(out_dir), _job_device(device, threads), echo=print, persist_shared=True)
     written = len(runner.run([cell]))
     if runner.claimed_elsewhere:  # not done by this job: say so, so that the grid does not count it as done
         raise PretrainingInProgressError(f"cell {cell.record_name} is being evaluated by another process "
@@ -172,7 +171,7 @@ class Executors:
         # CPU threads: this machine's cores shared out between the jobs and their processes
         threads = max(1, self.threads // processes) if self.threads else 0
         function = pretraining_job if kind == "pretrain" else cell_job
-        return executor.submit(function, runner.profile, str(runner.out_dir), device, threads, payload)
+        return executor.submit(function, runner.config, str(runner.out_dir), device, threads, payload)
 
 
 @dataclass
@@ -186,7 +185,7 @@ def dispatch(runner: Runner, plan: RunPlan | list[Cell], executors: Executors, *
              poll_seconds: float = 1.0, echo: Callable[[str], None] = tqdm.write,
              cancel_grace_seconds: float = 30.0) -> DispatchResult:
     """Run the plan's cells as jobs on ``executors``, at most ``jobs`` at a time; pretraining first."""
-    plan = plan if isinstance(plan, RunPlan) else RunPlan.for_cells(plan, runner.profile)
+    plan = plan if isinstance(plan, RunPlan) else RunPlan.for_cells(plan, runner.config)
     grid = _Grid(runner, executors, jobs, echo)
     grid.queue(plan)
     try:

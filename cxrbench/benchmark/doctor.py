@@ -33,10 +33,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cxrbench.benchmark.pretrain import TrainingOptions, pretrain
+from cxrbench.benchmark.pretraining.loop import TrainingOptions, pretrain
 from cxrbench.benchmark.profiles import load_profile
 from cxrbench.benchmark.plan import grid_cells
-from cxrbench.benchmark.runner import Runner, method_hyperparameters
+from cxrbench.benchmark.config import RunConfig
+from cxrbench.benchmark.profiles import method_hyperparameters
+from cxrbench.benchmark.runner import Runner
 from cxrbench.datasets import DATASETS
 from cxrbench.datasets.phantom_sources import cache_root
 from cxrbench.methods import available_methods, get_method
@@ -185,7 +187,7 @@ def cells_check(profile: dict, device: torch.device, scratch: Path) -> Check:
     def action():
         check_profile = load_profile(CHECK_PROFILE)
         check_profile["data"] = _check_data(profile)
-        runner = Runner(check_profile, scratch / "cells-run", device, echo=lambda line: None)
+        runner = Runner(RunConfig.from_profile(check_profile), scratch / "cells-run", device, echo=lambda line: None)
         records = runner.run(grid_cells(["sup1"], ["phantom-nih"], ["frozen", "finetune"], [100.0], [0]))
         if len(records) != 2:
             raise RuntimeError(f"{len(records)} of 2 records written")

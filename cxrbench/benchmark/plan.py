@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cxrbench.benchmark.profiles import method_hyperparameters, run_backbone
+from cxrbench.benchmark.config import RunConfig
 from cxrbench.methods import get_method
 from cxrbench.records.schema import Cell
 
@@ -41,8 +41,8 @@ class RunPlan:
     cannot_run: dict[str, str]  # method -> why its cells cannot run here (weights it cannot load, ...)
 
     @classmethod
-    def for_cells(cls, cells: list[Cell], profile: dict) -> RunPlan:
-        reasons = {name: get_method(name).cannot_run(method_hyperparameters(profile, name), run_backbone(profile))
+    def for_cells(cls, cells: list[Cell], config: RunConfig) -> RunPlan:
+        reasons = {name: get_method(name).cannot_run(config.method_hyperparameters(name), config.backbone)
                    for name in cells_by_method(cells)}
         return cls(list(cells), {name: reason for name, reason in reasons.items() if reason})
 

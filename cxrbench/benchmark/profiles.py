@@ -77,22 +77,59 @@ def _yaml_value(text: str):
     return value
 
 
-# keys whose values count something: whole numbers, at least 1
-COUNTS = {"batch_size", "max_steps", "eval_every", "image_size", "bootstrap_resamples", "patience", "phantom_seed"}
+# The range of each profile value, by its key's name (the same name means the same kind of value
+# in every section). ``setting_problem`` checks one value; RunConfig checks the whole profile.
+COUNTS = {"batch_size", "max_steps", "eval_every", "image_size", "bootstrap_resamples", "patience", "phantom_seed", "max_heatmaps"}
 # keys that must be above 0 (counts aside): durations and rates
 POSITIVE = {"epochs", "learning_rate"}
 NON_NEGATIVE = {"weight_decay", "phantom_seed"}
-CHOICES = {"backbone": tuple(BACKBONES)}  # keys with a fixed set of values
+CHOICES = {"backbone": tuple(BACKBONES), "precision": ("fp32", "bf16", "fp16"), "augment_on": ("device", "cpu")}
+FLAGS = {"channels_last", "sync_batchnorm"}  # true or false
 NULLABLE = {"max_steps", "patience", "root"}  # null: no step cap, no early stopping, no data root
+NUMBER_LISTS = {"learning_rates": "numbers above 0", "fractions": "percentages in (0, 100]", "seeds": "whole numbers of at least 0"}
+NAME_LISTS = {"datasets"}  # dataset names (which exist is checked against the registry when a run starts)
 
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
 
 
+def _is_whole(value, minimum: int) -> bool:
+    return _is_number(value) and value == int(value) and value >= minimum
+
+
+def setting_problem(name: str, value) -> str | None:
+    """What is wrong with ``value`` for a profile key called ``name`` ("expected ..."), or None."""
+    if value is None:
+        return None if name in NULLABLE else "expected a value (null is not allowed here)"
+    if name in CHOICES and value not in CHOICES[name]:
+        return f"expected one of {', '.join(CHOICES[name])}"
+    if name in FLAGS and not isinstance(value, bool):
+        return "expected true or false"
+    if name in COUNTS and not _is_whole(value, 0 if name in NON_NEGATIVE else 1):
+        return f"expected a whole number of at least {0 if name in NON_NEGATIVE else 1}"
+    if name in POSITIVE and (not _is_number(value) or value <= 0):
+        return "expected a number above 0"
+    if name in NON_NEGATIVE and (not _is_number(value) or value < 0):
+        return "expected a number of at least 0"
+    if name in NUMBER_LISTS:
+        valid = {"learning_rates": lambda v: _is_number(v) and v > 0, "fractions": lambda v: _is_number(v) and 0 < v <= 100,
+                 "seeds": lambda v: _is_whole(v, 0)}[name]
+        if not isinstance(value, list) or not value or not all(valid(item) for item in value):
+            return f"expected a non-empty list of {NUMBER_LISTS[name]}"
+    if name in NAME_LISTS and (not isinstance(value, list) or not all(isinstance(item, str) for item in value)):
+        return "expected a list of names"
+    if name == "crop_scale" and not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)
+                                     and 0 < value[0] <= value[1] <= 1):
+        return "expected [low, high] with 0 < low <= high <= 1"
+    if name == "phantom_patients" and not (isinstance(value, dict) and all(_is_whole(v, 1) for v in value.values())):
+        return "expected dataset: number of patients (whole numbers of at least 1)"
+    return None
+
+
 def _check_value(key: str, current, value) -> None:
     """A ``--set`` value of the same kind as the profile's (numbers for numbers, lists for lists...)
-    and, for the keys that count or last, in range: one clear error before anything is written."""
+    and in range: one clear error before anything is written."""
     name = key.rsplit(".", 1)[-1]
     if value is None and name in NULLABLE:
         return
@@ -104,13 +141,6 @@ def _check_value(key: str, current, value) -> None:
             raise ValueError(f"--set {key}={value!r}: expected true or false")
         elif isinstance(current, (list, dict, str)) and not isinstance(value, type(current)):
             raise ValueError(f"--set {key}={value!r}: expected a {type(current).__name__} like {current!r}")
-    if value is None:
-        return
-    if name in CHOICES and value not in CHOICES[name]:
-        raise ValueError(f"--set {key}={value!r}: expected one of {', '.join(CHOICES[name])}")
-    if name in COUNTS and (not _is_number(value) or value != int(value) or value < (0 if name in NON_NEGATIVE else 1)):
-        raise ValueError(f"--set {key}={value!r}: expected a whole number of at least {0 if name in NON_NEGATIVE else 1}")
-    if name in POSITIVE and (not _is_number(value) or value <= 0):
-        raise ValueError(f"--set {key}={value!r}: expected a number above 0")
-    if name in NON_NEGATIVE and (not _is_number(value) or value < 0):
-        raise ValueError(f"--set {key}={value!r}: expected a number of at least 0")
+    problem = setting_problem(name, value) if value is not None else None
+    if problem:
+        raise ValueError(f"--set {key}={value!r}: {problem}")

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cxrbench.benchmark.diagnostics import encoder_diagnostics, relative_change
+from cxrbench.benchmark.pretraining.diagnostics import encoder_diagnostics, relative_change
+from cxrbench.benchmark.config import RunConfig
 from cxrbench.benchmark.errors import StoredEncoderError
-from cxrbench.benchmark.lease import LeaseHolder, PretrainingInProgressError, PretrainingLease, live_holder
+from cxrbench.benchmark.pretraining.lease import LeaseHolder, PretrainingInProgressError, PretrainingLease, live_holder
 from cxrbench.benchmark.plan import RunPlan, cells_by_method
-from cxrbench.benchmark.pretrain import TrainingOptions, pretrain
-from cxrbench.benchmark.profiles import method_hyperparameters, run_backbone
-from cxrbench.benchmark.protocol_registry import PROTOCOLS, protocol_config
+from cxrbench.benchmark.pretraining.loop import pretrain
+from cxrbench.benchmark.protocols.registry import PROTOCOLS
 from cxrbench.datasets import DATASETS, PreparedDataset
 from cxrbench.distributed import barrier, sum_across_processes, world
 from cxrbench.methods import get_method
@@ -92,10 +92,11 @@ class LeaseDecision(enum.IntEnum):
 
 
 class Runner:
-    def __init__(self, profile: dict, out_dir: Path, device: torch.device, echo: Callable[[str], None] = tqdm.write,
+    def __init__(self, config: RunConfig, out_dir: Path, device: torch.device, echo: Callable[[str], None] = tqdm.write,
                  persist_shared: bool = False):
-        self.profile = profile
-        register_encoder_rows(profile.get("encoders"))  # a grid job's process registers the run's encoder rows
+        self.config = config
+        self.profile = config.profile  # stored whole in run.json and every record
+        register_encoder_rows(config.encoders)  # a grid job's process registers the run's encoder rows
         # jobs that each run one cell keep what a protocol computes once per encoder (the frozen
         # probe's features) on disk, so the other cells of that encoder load it
         self.persist_shared = persist_shared
@@ -146,7 +147,7 @@ class Runner:
 
     def dataset(self, name: str) -> PreparedDataset:
         if name not in self._datasets:
-            self._datasets[name] = DATASETS.get(name)().load(self.profile["data"])
+            self._datasets[name] = DATASETS.get(name)().load(self.config.data)
         return self._datasets[name]
 
     # --- paths
@@ -176,35 +177,35 @@ class Runner:
     # --- stages
 
     def hyperparameters(self, name: str):
-        return method_hyperparameters(self.profile, name)
+        return self.config.method_hyperparameters(name)
 
     def build_method(self, name: str) -> Method:
-        return get_method(name).create(self.hyperparameters(name), backbone=run_backbone(self.profile))
+        return get_method(name).create(self.hyperparameters(name), backbone=self.config.backbone)
 
     def encoder_is_stored(self, method_name: str) -> bool:
-        directory = self.pretrain_dir(method_name, self.profile["pretrain"]["dataset"])
+        directory = self.pretrain_dir(method_name, self.config.pretrain.dataset)
         return (directory / PRETRAIN_RECORD).is_file() and (directory / ENCODER).is_file()
 
     def pretraining_holder(self, method_name: str) -> LeaseHolder | None:
         """The live process pretraining this method into this output directory, if any."""
-        return live_holder(self.pretrain_dir(method_name, self.profile["pretrain"]["dataset"]))
+        return live_holder(self.pretrain_dir(method_name, self.config.pretrain.dataset))
 
     def pretrained_encoder(self, method_name: str) -> tuple[dict, PretrainRecord]:
         """Pretrain once (or reuse the stored encoder); returns (state dict, pretrain record)."""
-        settings = self.profile["pretrain"]
-        directory = self.pretrain_dir(method_name, settings["dataset"])
+        settings = self.config.pretrain
+        directory = self.pretrain_dir(method_name, settings.dataset)
         with self._pretraining_lease(method_name, directory) as stored:
             if not stored:
-                seed = int(settings.get("seed", 0))
+                seed = settings.seed
                 torch.manual_seed(seed)  # the initialisation is reproducible, and is what the diagnostics compare to
                 method = self.build_method(method_name)
-                dataset = self.dataset(settings["dataset"])
+                dataset = self.dataset(settings.dataset)
                 result = pretrain(
                     method, dataset,
-                    batch_size=int(settings["batch_size"]), epochs=float(settings["epochs"]),
-                    max_steps=settings.get("max_steps"), seed=seed, device=self.device,
+                    batch_size=settings.batch_size, epochs=settings.epochs,
+                    max_steps=settings.max_steps, seed=seed, device=self.device,
                     description=f"pretrain {method_name}", checkpoint_dir=directory / CHECKPOINTS,
-                    options=TrainingOptions.from_settings(settings),
+                    options=settings.options,
                     log_dir=directory / "tensorboard",  # `tensorboard --logdir OUT` draws every method's curves
                 )
                 if world().is_main:
@@ -253,7 +254,7 @@ class Runner:
         return True, None, LeaseDecision.STORED if stored else LeaseDecision.PRETRAIN
 
     def _store_pretraining(self, method_name: str, method: Method, dataset: PreparedDataset, seed: int, result, directory: Path) -> None:
-        settings = self.profile["pretrain"]
+        settings = self.profile["pretrain"]  # stored as the profile has it
         record_path, encoder_path = directory / PRETRAIN_RECORD, directory / ENCODER
         diagnostics = encoder_diagnostics(result.encoder_state_dict, dataset, self.device)
         torch.manual_seed(seed)
@@ -299,7 +300,7 @@ class Runner:
         Under torchrun all ranks pretrain each method together, then share out its cells
         (rank r takes every N-th); each returns the records it wrote.
         """
-        plan = plan if isinstance(plan, RunPlan) else RunPlan.for_cells(plan, self.profile)
+        plan = plan if isinstance(plan, RunPlan) else RunPlan.for_cells(plan, self.config)
         by_method = cells_by_method(self.pending(plan.cells))
         for method_name, method_cells in by_method.items():
             if method_name in plan.cannot_run:
@@ -370,7 +371,7 @@ class Runner:
         if cache_key not in shared_cache:
             shared_cache[cache_key] = self._prepare_shared(protocol, cell, encoder_key, encoder_state, dataset)
         shared_seconds = time.perf_counter() - started
-        config = protocol_config(self.profile, cell.protocol)
+        config = self.config.protocol_settings(cell.protocol)
         result = protocol.run(encoder_state, dataset, cell.label_fraction, cell.seed, config, self.device, shared_cache[cache_key])
         record = self._cell_record(cell, method_cls, pretrain_record, dataset, protocol, config, result, shared_seconds)
         buffer = io.BytesIO()
@@ -400,7 +401,7 @@ class Runner:
             method_is_random_init=method_cls.is_random_init,
             method_ablation=method_cls.ablation,
             method_provenance=method_cls.provenance(),
-            method_backbone=method_cls.trunk(run_backbone(self.profile)),
+            method_backbone=method_cls.trunk(self.config.backbone),
             pretrain_dataset=pretrain_record.pretrain_dataset if pretrain_record else None,
             task=dataset.task,
             label_columns=dataset.label_columns,
@@ -438,7 +439,7 @@ class Runner:
 
     def _bootstrap_interval(self, predictions: dict) -> dict:
         name, statistic = statistic_from_predictions(predictions)
-        resamples = int(self.profile["evaluation"].get("bootstrap_resamples", 1000))
+        resamples = self.config.evaluation.bootstrap_resamples
         count = len(predictions["image_ids"])
         return {"statistic": name, **bootstrap_interval(statistic, count, resamples=resamples, seed=0).as_dict(0.95)}
 

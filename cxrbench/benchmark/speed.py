@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from cxrbench.benchmark.config import RunConfig
 from cxrbench.methods.sinkhorn import sinkhorn_solve
 
 
@@ -85,7 +87,7 @@ def sinkhorn_benchmark(batch: int = 64, dim: int = 512, epsilon: float = 0.05, i
     }
 
 
-def pretraining_benchmark(profile: dict, repeats: int = 2, device: str = "cpu", methods: list[str] | None = None) -> dict:
+def pretraining_benchmark(config: RunConfig, repeats: int = 2, device: str = "cpu", methods: list[str] | None = None) -> dict:
     """Pretraining images/second of every method at the profile's image size and batch, and its bound.
 
     ``step_seconds``: one step as the pretraining loop runs it: a uint8 batch taken from the
@@ -97,50 +99,16 @@ def pretraining_benchmark(profile: dict, repeats: int = 2, device: str = "cpu", 
     ``data_path_ratio`` = model-only / full (1.0: the data path costs nothing). Best of
     ``repeats`` after one warm-up step each.
     """
-    from cxrbench.benchmark.pretrain import StepRunner, TrainingOptions
-    from cxrbench.benchmark.runner import method_hyperparameters, run_backbone
     from cxrbench.methods import available_methods, get_method
 
-    settings = profile["pretrain"]
-    options = TrainingOptions.from_settings(settings)
-    batch, size = int(settings["batch_size"]), int(profile["data"]["image_size"])
+    options, batch, size = config.pretrain.options, config.pretrain.batch_size, int(config.data["image_size"])
     names = methods or [name for name in available_methods() if get_method(name).pretrains and get_method(name).listed_in_all]
-    torch_device = torch.device(device)
     host_images = torch.randint(0, 256, (4 * batch, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    views_on = torch_device if options.augment_on == "device" else torch.device("cpu")
-    results: dict = {"profile": profile["name"], "backbone": run_backbone(profile), "image_size": size, "batch": batch, "device": device,
+    results: dict = {"profile": config.name, "backbone": config.backbone, "image_size": size, "batch": batch, "device": device,
                      "precision": options.precision, "channels_last": options.channels_last,
                      "augment_on": options.augment_on, "methods": {}}
-
-    def synchronise():
-        if torch_device.type == "cuda":
-            torch.cuda.synchronize(torch_device)
-
     for name in names:
-        torch.manual_seed(0)
-        method = get_method(name).create(method_hyperparameters(profile, name), backbone=run_backbone(profile)).train()
-        step_runner = StepRunner(method, torch_device, options)
-        optimizer = method.build_optimizer(batch)
-        generator = torch.Generator().manual_seed(0)
-        order = torch.randperm(len(host_images), generator=generator)[:batch]
-
-        def full_step():
-            chunk = host_images[order]
-            if views_on.type == "cuda":
-                chunk = chunk.pin_memory().to(views_on, non_blocking=True)
-            views = [view.to(torch_device, non_blocking=True) for view in method.make_views(chunk, generator=generator)]
-            step_runner(views, optimizer, 0, progress=0.5)
-            synchronise()
-
-        ready = [view.to(torch_device) for view in method.make_views(host_images[order].to(views_on), generator=generator)]
-
-        def model_step():
-            step_runner(ready, optimizer, 0, progress=0.5)
-            synchronise()
-
-        full_step(), model_step()  # warm-up
-        seconds = _best_of(full_step, repeats)
-        model_seconds = _best_of(model_step, repeats)
+        seconds, model_seconds = _time_pretraining_step(name, config, host_images, torch.device(device), repeats)
         results["methods"][name] = {"step_seconds": seconds, "images_per_second": batch / seconds,
                                     "model_only_seconds": model_seconds, "model_only_images_per_second": batch / model_seconds,
                                     "data_path_ratio": model_seconds / seconds}
@@ -151,7 +119,44 @@ def pretraining_benchmark(profile: dict, repeats: int = 2, device: str = "cpu", 
     return results
 
 
-def frozen_cache_benchmark(profile: dict, dataset_name: str = "phantom-nih", device: str = "cpu", seed: int = 0) -> dict:
+def _time_pretraining_step(name: str, config: RunConfig, host_images: torch.Tensor, torch_device: torch.device,
+                           repeats: int) -> tuple[float, float]:
+    """(full step, model-only step) seconds of one method, best of ``repeats`` after a warm-up each."""
+    from cxrbench.benchmark.pretraining.loop import StepRunner
+    from cxrbench.methods import get_method
+
+    options, batch = config.pretrain.options, config.pretrain.batch_size
+    views_on = torch_device if options.augment_on == "device" else torch.device("cpu")
+    torch.manual_seed(0)
+    method = get_method(name).create(config.method_hyperparameters(name), backbone=config.backbone).train()
+    step_runner = StepRunner(method, torch_device, options)
+    optimizer = method.build_optimizer(batch)
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(host_images), generator=generator)[:batch]
+
+    def synchronise():
+        if torch_device.type == "cuda":
+            torch.cuda.synchronize(torch_device)
+
+    def full_step():
+        chunk = host_images[order]
+        if views_on.type == "cuda":
+            chunk = chunk.pin_memory().to(views_on, non_blocking=True)
+        views = [view.to(torch_device, non_blocking=True) for view in method.make_views(chunk, generator=generator)]
+        step_runner(views, optimizer, 0, progress=0.5)
+        synchronise()
+
+    ready = [view.to(torch_device) for view in method.make_views(host_images[order].to(views_on), generator=generator)]
+
+    def model_step():
+        step_runner(ready, optimizer, 0, progress=0.5)
+        synchronise()
+
+    full_step(), model_step()  # warm-up
+    return _best_of(full_step, repeats), _best_of(model_step, repeats)
+
+
+def frozen_cache_benchmark(config: RunConfig, dataset_name: str = "phantom-nih", device: str = "cpu", seed: int = 0) -> dict:
     """The frozen protocol as run (features computed once, cached) against recomputing them.
 
     Cached: ``prepare_shared`` (every image through the encoder once) plus the protocol's
@@ -161,22 +166,22 @@ def frozen_cache_benchmark(profile: dict, dataset_name: str = "phantom-nih", dev
     learning rate, and the test images once. Running that for real would take hours at the
     profile's 200 epochs x 3 rates; each part is timed here and multiplied out.
     """
-    from cxrbench.benchmark.protocol_registry import PROTOCOLS, protocol_config
-    from cxrbench.benchmark.protocols import frozen_evaluation_epochs, load_encoder, predict
-    from cxrbench.benchmark.runner import run_backbone
+    from cxrbench.benchmark.protocols.base import load_encoder, predict
+    from cxrbench.benchmark.protocols.frozen import frozen_evaluation_epochs
+    from cxrbench.benchmark.protocols.registry import PROTOCOLS
     from cxrbench.datasets import DATASETS
     from cxrbench.methods.backbone import encoder_state_dict, resnet_encoder
 
-    dataset = DATASETS.get(dataset_name)().load(profile["data"])
+    dataset = DATASETS.get(dataset_name)().load(config.data)
     torch.manual_seed(seed)
     # the time depends on the trunk (the run's backbone), not on its weights: a random one
-    encoder_state = encoder_state_dict(resnet_encoder(run_backbone(profile)))
-    protocol, config = PROTOCOLS["frozen"], protocol_config(profile, "frozen")
+    encoder_state = encoder_state_dict(resnet_encoder(config.backbone))
+    protocol, settings = PROTOCOLS["frozen"], config.protocol_settings("frozen")
     torch_device = torch.device(device)
     started = time.perf_counter()
     shared = protocol.prepare_shared(encoder_state, dataset, torch_device)
     features_seconds = time.perf_counter() - started
-    protocol.run(encoder_state, dataset, 100.0, seed, config, torch_device, shared)
+    protocol.run(encoder_state, dataset, 100.0, seed, settings, torch_device, shared)
     cached_seconds = time.perf_counter() - started
 
     encoder = load_encoder(encoder_state, torch_device)
@@ -185,7 +190,7 @@ def frozen_cache_benchmark(profile: dict, dataset_name: str = "phantom-nih", dev
     train_pass = _best_of(lambda: predict(encoder, dataset.images[train], torch_device), 2)
     val_pass = _best_of(lambda: predict(encoder, dataset.images[val], torch_device), 2)
     test_pass = _best_of(lambda: predict(encoder, dataset.images[test], torch_device), 1)
-    rates, epochs = len(config["learning_rates"]), int(config["epochs"])
+    rates, epochs = len(settings["learning_rates"]), int(settings["epochs"])
     evaluations = len(frozen_evaluation_epochs(epochs))
     head_seconds = cached_seconds - features_seconds
     recomputed_seconds = rates * (epochs * train_pass + evaluations * val_pass) + test_pass + head_seconds
@@ -210,32 +215,14 @@ def loader_benchmark(num_images: int = 64, source_size: int = 1024, size: int = 
     smooth synthetic radiograph-like images written to a temporary directory.
     """
     import tempfile
-    from pathlib import Path
-
-    from PIL import Image
 
     from cxrbench.datasets.decode import read_png, resize_square
     from cxrbench.methods.augment import ViewRecipe, augment
 
-    rng = np.random.default_rng(seed)
     recipe = ViewRecipe()
     generator = torch.Generator().manual_seed(seed)
     with tempfile.TemporaryDirectory() as directory:
-        directory = Path(directory)
-        yy, xx = np.mgrid[0:source_size, 0:source_size] / source_size
-        paths = []
-        for i in range(num_images):
-            # two soft "lungs", a bright mediastinum and film grain: compresses like a radiograph
-            body = 0.6 - 0.35 * (np.exp(-((xx - 0.3) ** 2 + (yy - 0.5) ** 2) / 0.03) + np.exp(-((xx - 0.7) ** 2 + (yy - 0.5) ** 2) / 0.03))
-            image = np.clip(body + 0.25 * np.exp(-((xx - 0.5) ** 2) / 0.004) + rng.normal(0, 0.03, body.shape), 0, 1)
-            path = directory / f"{i:05d}.png"
-            Image.fromarray((image * 255).astype(np.uint8)).save(path)
-            paths.append(path)
-        prepared = np.lib.format.open_memmap(directory / "images.npy", mode="w+", dtype=np.uint8, shape=(num_images, size, size))
-        for i, path in enumerate(paths):
-            prepared[i] = resize_square(read_png(path), size)
-        prepared.flush()
-        array = np.load(directory / "images.npy", mmap_mode="r")
+        paths, array = _radiograph_like_files(Path(directory), num_images, source_size, size, seed)
 
         def per_sample():
             for path in paths:
@@ -268,3 +255,27 @@ def loader_benchmark(num_images: int = 64, source_size: int = 1024, size: int = 
         "prepared_read_images_per_second": num_images / read_seconds,
         "read_speedup": decode_seconds / read_seconds,
     }
+
+
+def _radiograph_like_files(directory: Path, num_images: int, source_size: int, size: int, seed: int) -> tuple[list[Path], np.ndarray]:
+    """``num_images`` smooth radiograph-like PNGs at ``source_size`` in ``directory``, and the same
+    images resized to ``size`` as a prepared ``images.npy`` (memory-mapped, read-only)."""
+    from PIL import Image
+
+    from cxrbench.datasets.decode import read_png, resize_square
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:source_size, 0:source_size] / source_size
+    paths = []
+    for i in range(num_images):
+        # two soft "lungs", a bright mediastinum and film grain: compresses like a radiograph
+        body = 0.6 - 0.35 * (np.exp(-((xx - 0.3) ** 2 + (yy - 0.5) ** 2) / 0.03) + np.exp(-((xx - 0.7) ** 2 + (yy - 0.5) ** 2) / 0.03))
+        image = np.clip(body + 0.25 * np.exp(-((xx - 0.5) ** 2) / 0.004) + rng.normal(0, 0.03, body.shape), 0, 1)
+        path = directory / f"{i:05d}.png"
+        Image.fromarray((image * 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    prepared = np.lib.format.open_memmap(directory / "images.npy", mode="w+", dtype=np.uint8, shape=(num_images, size, size))
+    for i, path in enumerate(paths):
+        prepared[i] = resize_square(read_png(path), size)
+    prepared.flush()
+    return paths, np.load(directory / "images.npy", mmap_mode="r")

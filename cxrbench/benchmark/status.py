@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrbench.benchmark.lease import live_holder
+from cxrbench.benchmark.pretraining.lease import live_holder
 from cxrbench.records.layout import CHECKPOINTS, ENCODER, PRETRAIN_RECORD, ResultsFolder
 from cxrbench.records.schema import CellRecord, PretrainRecord, RecordError, read_record
 

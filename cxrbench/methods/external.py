@@ -65,7 +65,7 @@ def register_encoder_rows(encoders: dict | None) -> list[str]:
             raise CheckpointError(f"encoder row name {name!r}: expected lower-case letters, digits, '-', '_' or '.' "
                                   f"(at most 40), starting with a letter or digit")
         path = str(Path(path).expanduser().resolve())
-        existing = METHODS.module_dict.get(name)
+        existing = METHODS.get(name)
         if existing is not None and not (issubclass(existing, EncoderRow) and existing.Hyperparameters().path == path):
             raise CheckpointError(f"encoder row name {name!r} is already a method's name; choose another")
         if existing is None:

@@ -26,7 +26,7 @@ from cxrbench.datasets import DATASETS  # noqa: E402
 
 def phantom_samples_figure(data_config: dict, out_path: Path, per_dataset: int = 6) -> Path:
     """A grid: one row per phantom dataset, its first images with labels and boxes drawn."""
-    names = [name for name in sorted(DATASETS.module_dict) if name.startswith("phantom-")]
+    names = [name for name in sorted(DATASETS) if name.startswith("phantom-")]
     figure, axes = plt.subplots(len(names), per_dataset, figsize=(2.1 * per_dataset, 2.35 * len(names)))
     for row, name in zip(axes, names):
         dataset = DATASETS.get(name)().load(data_config)

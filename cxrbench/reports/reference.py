@@ -28,9 +28,6 @@ PAPER_METHODS = {"Sup.1": "sup1", "Sup.2": "sup2", "SimCLR": "simclr", "MoCoV2":
 PAPER_BASELINE_RANKS = {"sup2": 0, "sup1": 1}
 DATASETS = ("nih", "vindr", "rsna")
 FRACTIONS = (1.0, 10.0, 100.0)
-# Table III rows: (var+cov, CV-SIM) -> our variant names
-ABLATION_METHODS = {(False, True): "optiml-no-varcov", (True, False): "optiml-no-cvsim", (False, False): "optiml-ot-only",
-                    (True, True): "optiml"}
 
 _CELL = re.compile(r"(?P<value>-?\d+(?:\.\d+)?)\s*<sub>\((?P<delta>[-+]?\d+(?:\.\d+)?)\)</sub>\s*(?P<arrow>\S*)")
 
@@ -40,8 +37,13 @@ def _plain(text: str) -> str:
         .replace("\\uparrow", "↑").replace("\\downarrow", "↓").strip()
 
 
-def transcribe(paper: Path) -> pd.DataFrame:
-    """The three tables of the OPTiML paper (its markdown, or just its table rows) as the reference CSV's rows."""
+def transcribe(paper: Path, ablation_variants: dict[frozenset, str]) -> pd.DataFrame:
+    """The three tables of the OPTiML paper (its markdown, or just its table rows) as the reference CSV's rows.
+
+    ``ablation_variants`` names the method of each Table III row by its switches
+    (``frozenset({("var+cov", True), ("CV-SIM", False)})`` -> a variant's name): the methods
+    declare them (``Method.ablation``), and reports do not import methods.
+    """
     lines = Path(paper).read_text().splitlines()
     rows = []
     for table, protocol, marker in (("I", "finetune", "TABLE I:"), ("II", "frozen", "TABLE II:")):
@@ -58,12 +60,13 @@ def transcribe(paper: Path) -> pd.DataFrame:
                              float(match["value"]), float(match["delta"]), arrow])
     start = next(i for i, line in enumerate(lines) if line.startswith("TABLE III:"))
     header = next(i for i in range(start, len(lines)) if lines[i].startswith("Method\t"))
+    switch_names = lines[header].split("\t")[1:3]  # var+cov, CV-SIM
     for line in lines[header + 1 : header + 5]:
         cells = [_plain(cell) for cell in line.split("\t")]
-        switches = (cells[1] == "✓", cells[2] == "✓")
+        switches = {name: cell == "✓" for name, cell in zip(switch_names, cells[1:3])}
         for fraction, cell in zip((1.0, 10.0), cells[3:5]):
-            rows.append(["III", "finetune", ABLATION_METHODS[switches],
-                         f"var+cov={'on' if switches[0] else 'off'};CV-SIM={'on' if switches[1] else 'off'}",
+            rows.append(["III", "finetune", ablation_variants[frozenset(switches.items())],
+                         ";".join(f"{name}={'on' if on else 'off'}" for name, on in switches.items()),
                          "nih", fraction, round(float(cell) * 100, 1), None, ""])
     return pd.DataFrame(rows, columns=COLUMNS)
 

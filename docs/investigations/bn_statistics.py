@@ -14,8 +14,8 @@ import argparse
 import torch
 
 from cxrbench.benchmark.profiles import load_profile
-from cxrbench.benchmark.protocol_registry import PROTOCOLS
-from cxrbench.benchmark.protocols import _as_input, load_encoder
+from cxrbench.benchmark.protocols.registry import PROTOCOLS
+from cxrbench.benchmark.protocols.base import as_input, load_encoder
 from cxrbench.datasets import DATASETS
 from cxrbench.methods import get_method
 from cxrbench.methods.backbone import encoder_state_dict
@@ -31,7 +31,7 @@ def reestimate_batchnorm(state, dataset, device):
     train = dataset.split_positions("train")
     with torch.no_grad():
         for start in range(0, len(train), 256):
-            encoder(_as_input(dataset.images[train[start:start + 256]], device))
+            encoder(as_input(dataset.images[train[start:start + 256]], device))
     return encoder_state_dict(encoder)
 
 

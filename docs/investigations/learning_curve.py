@@ -18,11 +18,10 @@ import time
 
 import torch
 
-from cxrbench.benchmark.diagnostics import relative_change
-from cxrbench.benchmark.pretrain import TrainingOptions, pretrain
-from cxrbench.benchmark.profiles import apply_overrides, load_profile
-from cxrbench.benchmark.protocol_registry import PROTOCOLS
-from cxrbench.benchmark.runner import method_hyperparameters
+from cxrbench.benchmark.pretraining.diagnostics import relative_change
+from cxrbench.benchmark.pretraining.loop import TrainingOptions, pretrain
+from cxrbench.benchmark.profiles import apply_overrides, load_profile, method_hyperparameters
+from cxrbench.benchmark.protocols.registry import PROTOCOLS
 from cxrbench.datasets import DATASETS
 from cxrbench.methods import get_method
 

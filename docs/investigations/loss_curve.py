@@ -14,9 +14,8 @@ import json
 
 import torch
 
-from cxrbench.benchmark.pretrain import pretrain
-from cxrbench.benchmark.profiles import load_profile
-from cxrbench.benchmark.runner import method_hyperparameters
+from cxrbench.benchmark.pretraining.loop import pretrain
+from cxrbench.benchmark.profiles import load_profile, method_hyperparameters
 from cxrbench.datasets import DATASETS
 from cxrbench.methods import get_method
 

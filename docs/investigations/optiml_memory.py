@@ -4,8 +4,7 @@ at a backbone and batch, on the CPU: the README's OPTiML-at-ResNet-50 figures.
     python docs/investigations/optiml_memory.py optiml resnet50 32
 """
 import resource, sys, time, torch
-from cxrbench.benchmark.profiles import load_profile
-from cxrbench.benchmark.runner import method_hyperparameters
+from cxrbench.benchmark.profiles import load_profile, method_hyperparameters
 from cxrbench.methods import get_method
 name, backbone, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 profile = load_profile("standard")

@@ -30,8 +30,8 @@ from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxrbench.benchmark.metrics import dice_iou_per_image, segmentation_metrics
-from cxrbench.benchmark.protocols import BestOnValidation, ProtocolResult, _as_input
+from cxrbench.benchmark.protocols.metrics import dice_iou_per_image, segmentation_metrics
+from cxrbench.benchmark.protocols.base import BestOnValidation, ProtocolResult, as_input
 from cxrbench.methods.augment import ViewRecipe, geometric
 from cxrbench.methods.backbone import to_model_input
 
@@ -87,7 +87,7 @@ def predict(model, images, device, batch_size=64) -> np.ndarray:
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        first, second = model(_as_input(images[start : start + batch_size], device))
+        first, second = model(as_input(images[start : start + batch_size], device))
         out.append(((torch.sigmoid(first) + torch.sigmoid(second)) / 2)[:, 0].cpu())
     model.train(was_training)
     return torch.cat(out).numpy()

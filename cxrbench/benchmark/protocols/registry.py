@@ -16,14 +16,26 @@ from __future__ import annotations
 
 import inspect
 
-from cxrbench.benchmark.protocols import FinetuneProtocol, FrozenProtocol
-from cxrbench.benchmark.segmentation import SegmentationProtocol
-from cxrbench.plugins import load_entry_points
+from cxrbench.benchmark.protocols.finetune import FinetuneProtocol
+from cxrbench.benchmark.protocols.frozen import FrozenProtocol
+from cxrbench.benchmark.protocols.segmentation import SegmentationProtocol
+from cxrbench.plugins import Registry
 
-PROTOCOLS = {protocol.name: protocol for protocol in (FrozenProtocol(), FinetuneProtocol(), SegmentationProtocol())}
-BUILT_IN = tuple(PROTOCOLS)  # what ``--protocol all`` runs
-PROTOCOL_ORIGINS = {name: "built-in" for name in PROTOCOLS}
-ENTRY_POINT_GROUP = "cxrbench.protocols"
+REQUIRED = ("tasks", "description", "prepare_shared", "run")  # what the runner asks of a protocol
+
+
+def _refusal(loaded) -> str | None:
+    missing = [attribute for attribute in REQUIRED if not hasattr(loaded, attribute)]
+    return f"lacks {missing}" if missing else None
+
+
+# a plugin's protocol class is instantiated once, when registered
+PROTOCOLS = Registry("protocol", "cxrbench.protocols", refuse=_refusal,
+                     prepare=lambda name, loaded: loaded() if inspect.isclass(loaded) else loaded)
+for _protocol in (FrozenProtocol(), FinetuneProtocol(), SegmentationProtocol()):
+    PROTOCOLS.add(_protocol.name, _protocol)
+BUILT_IN = ("frozen", "finetune", "segmentation")  # what ``--protocol all`` runs
+PROTOCOL_ORIGINS = PROTOCOLS.origins
 
 # methods and protocols that live in plugin packages this repository ships as examples
 KNOWN_PLUGINS = {
@@ -31,20 +43,6 @@ KNOWN_PLUGINS = {
     "segmentation-semi": "the cxrbench-ideal plugin: pip install ./examples/cxrbench-ideal",
     "rotnet": "the cxrbench-example plugin: pip install ./examples/cxrbench-example",
 }
-
-
-def _accept_plugin(name: str, loaded, origin: str) -> str | None:
-    """Register a protocol (a class is instantiated); or say why it cannot be."""
-    protocol = loaded() if inspect.isclass(loaded) else loaded
-    missing = [attribute for attribute in ("tasks", "description", "prepare_shared", "run") if not hasattr(protocol, attribute)]
-    if missing:
-        return f"lacks {missing}"
-    if name in PROTOCOLS:
-        return f"has the name of a {PROTOCOL_ORIGINS[name]} protocol"
-    protocol.name = name
-    PROTOCOLS[name] = protocol
-    PROTOCOL_ORIGINS[name] = origin
-    return None
 
 
 def protocol_config(profile: dict, name: str) -> dict:
@@ -58,5 +56,3 @@ def protocol_config(profile: dict, name: str) -> dict:
     raise KeyError(f"protocol {name!r} has no settings for profile {profile.get('name')!r} "
                    f"(add evaluation.{name} to the profile)")
 
-
-load_entry_points(ENTRY_POINT_GROUP, "protocol", _accept_plugin)

@@ -20,7 +20,6 @@ import math
 import os
 import signal
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cxrbench.records.io import atomic_torch_save
 from cxrbench.distributed import World, average_across_processes, barrier, convert_sync_batchnorm, gather_objects
 from cxrbench.distributed import world as current_world
 from cxrbench.datasets.prepared import PreparedDataset
 from cxrbench.methods.base import FIXED_LR, Method
+from cxrbench.benchmark.pretraining.checkpoints import latest_checkpoint, save_checkpoint
+from cxrbench.benchmark.pretraining.schedule import learning_rate_factor, schedule_step
 
 
 @dataclass
@@ -51,58 +51,6 @@ class PretrainResult:
 
 # at most about this many entries in a pretraining record's per-step history
 STEP_HISTORY_POINTS = 400
-
-
-def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, final_fraction: float) -> float:
-    """Multiplier of the peak learning rate at ``step`` (0-based)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return step / warmup_steps  # official SimCLR, BYOL, VICReg: the first step's rate is 0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return final_fraction + (1 - final_fraction) * cosine
-
-
-def schedule_step(step: int, steps_per_epoch: int, unit: str) -> int:
-    """The step the learning-rate schedule is evaluated at: every step, or the epoch's first step.
-
-    Official SimSiam and PCRLv2 set the rate once per epoch (cosine over epochs); the
-    schedule at an epoch's first step is exactly that rate.
-    """
-    if unit == "step":
-        return step
-    if unit == "epoch":
-        return (step // steps_per_epoch) * steps_per_epoch
-    raise ValueError(f"lr_schedule_unit {unit!r}: expected 'step' or 'epoch'")
-
-
-CHECKPOINT_PATTERN = "epoch-*.pt"
-KEEP_CHECKPOINTS = 2  # the newest and the one before it, in case the newest is unreadable
-
-
-def latest_checkpoint(checkpoint_dir: Path | None) -> dict | None:
-    """The newest checkpoint that loads completely, or None; unreadable ones are reported."""
-    if checkpoint_dir is None:
-        return None
-    for path in sorted(Path(checkpoint_dir).glob(CHECKPOINT_PATTERN), reverse=True):
-        try:
-            # weights-only: a checkpoint holds tensors and plain containers alone, so a file
-            # someone placed in the folder can never run code when it is loaded
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or state.get("format") != "cxrbench-pretrain-checkpoint-2":
-                raise ValueError("not a cxrbench pretraining checkpoint")
-            return state
-        except Exception as error:  # truncated zip, foreign or unsafe content: fall back to the previous one
-            reason = (str(error).strip().splitlines() or [""])[0]
-            warnings.warn(f"{path}: refused or unreadable checkpoint ({type(error).__name__}: {reason}); "
-                          f"trying the previous one", stacklevel=2)
-    return None
-
-
-def _save_checkpoint(checkpoint_dir: Path, epoch: int, state: dict) -> None:
-    checkpoint_dir = Path(checkpoint_dir)
-    atomic_torch_save(checkpoint_dir / f"epoch-{epoch:05d}.pt", state)
-    for old in sorted(checkpoint_dir.glob(CHECKPOINT_PATTERN))[:-KEEP_CHECKPOINTS]:
-        old.unlink(missing_ok=True)
 
 
 def _fault_injection(step: int) -> None:
@@ -403,7 +351,7 @@ class _PretrainingRun:
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         })
         if self.world.is_main:
-            _save_checkpoint(checkpoint_dir, len(self.history), {
+            save_checkpoint(checkpoint_dir, len(self.history), {
                 "format": "cxrbench-pretrain-checkpoint-2",
                 "method": self.method.checkpoint_state(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.step_runner.scaler.state_dict() if self.step_runner.scaler is not None else None,

@@ -34,7 +34,7 @@ def feature_diagnostics(features: np.ndarray) -> dict[str, float]:
 
 
 def encoder_diagnostics(encoder_state: dict, dataset: PreparedDataset, device: torch.device, max_images: int = 512) -> dict:
-    from cxrbench.benchmark.protocols import load_encoder, predict
+    from cxrbench.benchmark.protocols.base import load_encoder, predict
 
     positions = dataset.split_positions("val")[:max_images]
     features = predict(load_encoder(encoder_state, device), dataset.images[positions], device)

@@ -20,10 +20,9 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from cxrbench.benchmark.metrics import dice_iou_per_image, segmentation_metrics
-from cxrbench.benchmark.protocols import BestOnValidation, ProtocolResult, _as_input, shuffled_batches
+from cxrbench.benchmark.protocols.metrics import dice_iou_per_image, segmentation_metrics
+from cxrbench.benchmark.protocols.base import ProtocolResult, as_input, train_with_validation
 from cxrbench.datasets.prepared import PreparedDataset
 from cxrbench.methods.augment import ViewRecipe, geometric
 from cxrbench.methods.backbone import backbone_of_state, to_model_input
@@ -48,7 +47,7 @@ def predict_masks(model, images: np.ndarray, device: torch.device, batch_size: i
     """Foreground probabilities (N, H, W) for uint8 images, eval mode."""
     was_training = model.training
     model.eval()
-    chunks = [torch.sigmoid(model(_as_input(images[start : start + batch_size], device)))[:, 0].float().cpu()
+    chunks = [torch.sigmoid(model(as_input(images[start : start + batch_size], device)))[:, 0].float().cpu()
               for start in range(0, len(images), batch_size)]
     model.train(was_training)
     return torch.cat(chunks).numpy()
@@ -74,32 +73,24 @@ class SegmentationProtocol:
         model = build_unet(encoder_state).to(device)
         # soft Dice over the batch; smp's loss gives an all-empty batch zero Dice loss (BCE still applies)
         dice_loss = smp.losses.DiceLoss("binary", from_logits=True)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
-        batch_size = min(config["batch_size"], len(train))
-        total_steps = int(config["max_steps"])
         recipe = ViewRecipe(crop_scale=tuple(config["crop_scale"]), flip_probability=0.0)
         # image and mask stacked as two channels so that one crop is drawn for both
         pairs = torch.from_numpy(np.stack([dataset.images[train], dataset.masks[train] * 255], axis=1))
         val_masks = np.asarray(dataset.masks[val], dtype=bool)
-        size = dataset.image_size
-        best = BestOnValidation("dice_per_image", config.get("patience"))
-        batches = shuffled_batches(len(train), batch_size, generator)
-        model.train()
-        for step in tqdm(range(1, total_steps + 1), desc="segmentation", unit="step", leave=False, disable=None):
-            chunk = next(batches)
-            views = geometric(pairs[chunk].to(device), recipe, size, generator)  # drawn on the CPU: the same views on any device
+
+        def training_loss(chunk: torch.Tensor) -> torch.Tensor:
+            views = geometric(pairs[chunk].to(device), recipe, dataset.image_size, generator)  # drawn on the CPU: the same views on any device
             images, masks = views[:, :1], (views[:, 1:] > 0.5).float()
             logits = model(to_model_input(images))
-            loss = F.binary_cross_entropy_with_logits(logits, masks) + dice_loss(logits, masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if step % config["eval_every"] == 0 or step == total_steps:
-                predicted = predict_masks(model, dataset.images[val], device) > 0.5
-                if best.update(float(dice_iou_per_image(predicted, val_masks)[0].mean()), step, model):
-                    break  # early stopping: no better validation score for `patience` evaluations
+            return F.binary_cross_entropy_with_logits(logits, masks) + dice_loss(logits, masks)
+
+        def validation_score() -> float:
+            predicted = predict_masks(model, dataset.images[val], device) > 0.5
+            return float(dice_iou_per_image(predicted, val_masks)[0].mean())
+
+        selection = train_with_validation(model, training_loss, validation_score, "dice_per_image", len(train), config,
+                                          generator, "segmentation")
         trained = time.perf_counter()
-        selection = best.restore(model, total_steps, step)
         predicted = predict_masks(model, dataset.images[test], device) > 0.5
         truth = np.asarray(dataset.masks[test], dtype=bool)
         metrics, per_image = segmentation_metrics(predicted, truth)

@@ -605,8 +605,8 @@ def command_speed(args) -> int:
 
     _check_choices("profile", [args.profile], available_profiles())
     profile = load_profile(args.profile)
-    device = str(_device(args.device))
-    on_gpu = device.startswith("cuda")
+    device = _device(args.device)  # a torch.device, resolved once
+    on_gpu = device.type == "cuda"
     import torch
 
     # on a GPU the throughput worth knowing is the one a user would run: bf16 and channels-last

@@ -37,18 +37,18 @@ def _best_of(function, repeats: int) -> float:
 
 
 def sinkhorn_benchmark(batch: int = 64, dim: int = 512, epsilon: float = 0.05, iterations: int = 100,
-                       positions: int = 49, repeats: int = 3, seed: int = 0, device: str = "cpu") -> dict:
+                       positions: int = 49, repeats: int = 3, seed: int = 0,
+                       device: torch.device = torch.device("cpu")) -> dict:
     """Our solver on ``device`` against POT on the CPU, and against the memory floor on ``device``
     (two reads of the B x d x d kernel, timed in the same run: on a GPU, at its copy bandwidth)."""
     import ot
 
-    torch_device = torch.device(device)
 
     def synchronised(function):
         def call():
             out = function()
-            if torch_device.type == "cuda":
-                torch.cuda.synchronize(torch_device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             return out
         return call
 
@@ -59,7 +59,7 @@ def sinkhorn_benchmark(batch: int = 64, dim: int = 512, epsilon: float = 0.05, i
     a = torch.softmax(torch.randn(batch, dim, generator=generator), 1)
     b = torch.softmax(torch.randn(batch, dim, generator=generator), 1)
 
-    cost_d, a_d, b_d = cost.to(torch_device), a.to(torch_device), b.to(torch_device)
+    cost_d, a_d, b_d = cost.to(device), a.to(device), b.to(device)
     ours = synchronised(lambda: sinkhorn_solve(cost_d, a_d, b_d, epsilon, max_iter=iterations, tol=0.0))
     plan, *_ , used, _ = ours()
     plan = plan.cpu()
@@ -74,7 +74,7 @@ def sinkhorn_benchmark(batch: int = 64, dim: int = 512, epsilon: float = 0.05, i
     kernel = torch.exp(-cost_d / epsilon)
     memory_floor = _best_of(synchronised(lambda: (kernel.sum(), kernel.sum())), repeats)  # read B x d x d twice
     return {
-        "device": device, "batch": batch, "dim": dim, "epsilon": epsilon, "iterations": used,
+        "device": str(device), "batch": batch, "dim": dim, "epsilon": epsilon, "iterations": used,
         "ours_seconds": ours_seconds, "pot_solve_batch_seconds": pot_seconds,
         "speedup_vs_pot": pot_seconds / ours_seconds,
         "max_abs_plan_difference": float(np.abs(plan.double().numpy() - reference.plan).max()),
@@ -87,7 +87,8 @@ def sinkhorn_benchmark(batch: int = 64, dim: int = 512, epsilon: float = 0.05, i
     }
 
 
-def pretraining_benchmark(config: RunConfig, repeats: int = 2, device: str = "cpu", methods: list[str] | None = None) -> dict:
+def pretraining_benchmark(config: RunConfig, repeats: int = 2, device: torch.device = torch.device("cpu"),
+                          methods: list[str] | None = None) -> dict:
     """Pretraining images/second of every method at the profile's image size and batch, and its bound.
 
     ``step_seconds``: one step as the pretraining loop runs it: a uint8 batch taken from the
@@ -104,11 +105,11 @@ def pretraining_benchmark(config: RunConfig, repeats: int = 2, device: str = "cp
     options, batch, size = config.pretrain.options, config.pretrain.batch_size, int(config.data["image_size"])
     names = methods or [name for name in available_methods() if get_method(name).pretrains and get_method(name).listed_in_all]
     host_images = torch.randint(0, 256, (4 * batch, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    results: dict = {"profile": config.name, "backbone": config.backbone, "image_size": size, "batch": batch, "device": device,
+    results: dict = {"profile": config.name, "backbone": config.backbone, "image_size": size, "batch": batch, "device": str(device),
                      "precision": options.precision, "channels_last": options.channels_last,
                      "augment_on": options.augment_on, "methods": {}}
     for name in names:
-        seconds, model_seconds = _time_pretraining_step(name, config, host_images, torch.device(device), repeats)
+        seconds, model_seconds = _time_pretraining_step(name, config, host_images, device, repeats)
         results["methods"][name] = {"step_seconds": seconds, "images_per_second": batch / seconds,
                                     "model_only_seconds": model_seconds, "model_only_images_per_second": batch / model_seconds,
                                     "data_path_ratio": model_seconds / seconds}
@@ -156,7 +157,8 @@ def _time_pretraining_step(name: str, config: RunConfig, host_images: torch.Tens
     return _best_of(full_step, repeats), _best_of(model_step, repeats)
 
 
-def frozen_cache_benchmark(config: RunConfig, dataset_name: str = "phantom-nih", device: str = "cpu", seed: int = 0) -> dict:
+def frozen_cache_benchmark(config: RunConfig, dataset_name: str = "phantom-nih", device: torch.device = torch.device("cpu"),
+                           seed: int = 0) -> dict:
     """The frozen protocol as run (features computed once, cached) against recomputing them.
 
     Cached: ``prepare_shared`` (every image through the encoder once) plus the protocol's
@@ -177,19 +179,18 @@ def frozen_cache_benchmark(config: RunConfig, dataset_name: str = "phantom-nih",
     # the time depends on the trunk (the run's backbone), not on its weights: a random one
     encoder_state = encoder_state_dict(resnet_encoder(config.backbone))
     protocol, settings = PROTOCOLS["frozen"], config.protocol_settings("frozen")
-    torch_device = torch.device(device)
     started = time.perf_counter()
-    shared = protocol.prepare_shared(encoder_state, dataset, torch_device)
+    shared = protocol.prepare_shared(encoder_state, dataset, device)
     features_seconds = time.perf_counter() - started
-    protocol.run(encoder_state, dataset, 100.0, seed, settings, torch_device, shared)
+    protocol.run(encoder_state, dataset, 100.0, seed, settings, device, shared)
     cached_seconds = time.perf_counter() - started
 
-    encoder = load_encoder(encoder_state, torch_device)
+    encoder = load_encoder(encoder_state, device)
     train = dataset.label_fraction_positions(100.0, seed)
     val, test = dataset.split_positions("val"), dataset.split_positions("test")
-    train_pass = _best_of(lambda: predict(encoder, dataset.images[train], torch_device), 2)
-    val_pass = _best_of(lambda: predict(encoder, dataset.images[val], torch_device), 2)
-    test_pass = _best_of(lambda: predict(encoder, dataset.images[test], torch_device), 1)
+    train_pass = _best_of(lambda: predict(encoder, dataset.images[train], device), 2)
+    val_pass = _best_of(lambda: predict(encoder, dataset.images[val], device), 2)
+    test_pass = _best_of(lambda: predict(encoder, dataset.images[test], device), 1)
     rates, epochs = len(settings["learning_rates"]), int(settings["epochs"])
     evaluations = len(frozen_evaluation_epochs(epochs))
     head_seconds = cached_seconds - features_seconds

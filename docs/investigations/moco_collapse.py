@@ -1,0 +1,64 @@
+"""Investigation: does MoCo v2's query branch collapse even when its keys cannot move?
+
+The smallest loop that reproduces what `standard` pretraining showed for MoCo v2 (its loss
+rising to ln(K+1), the value of a constant embedding, and a frozen probe at random-init level):
+the key encoder stays at its initialisation (no momentum update, no shuffle-BN), each step takes
+the next 64 phantom-nih training images, the query encoder and head take one SGD step (momentum
+0.9, weight decay 1e-4, MoCo v2's optimiser) on lightly's InfoNCE loss with a queue of keys.
+Every ``--every`` steps it prints the loss and the mean cosine similarity between the
+projections of different images in the batch (1.0: every image has the same direction).
+
+    python docs/investigations/moco_collapse.py --lr 0.075 --steps 120   # standard's lr at batch 64
+    python docs/investigations/moco_collapse.py --lr 0                    # the queue filling, no learning
+"""
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from lightly.loss import NTXentLoss
+
+from cxrbench.benchmark.profiles import load_profile, method_hyperparameters
+from cxrbench.datasets import DATASETS
+from cxrbench.methods import get_method
+from cxrbench.methods.backbone import to_model_input
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lr", type=float, default=0.075, help="SGD learning rate (standard: base_lr 0.3 x 64 / 256)")
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--every", type=int, default=20)
+    parser.add_argument("--queue", type=int, default=1024)
+    parser.add_argument("--profile", default="standard")
+    args = parser.parse_args()
+    profile = load_profile(args.profile)
+    dataset = DATASETS.get("phantom-nih")().load(profile["data"])
+    train = torch.from_numpy(dataset.images[dataset.split_positions("train")].copy())
+    torch.manual_seed(0)
+    hyperparameters = method_hyperparameters(profile, "mocov2")
+    method = get_method("mocov2")(hyperparameters).train()
+    criterion = NTXentLoss(temperature=hyperparameters.temperature, memory_bank_size=(args.queue, hyperparameters.projection_dim))
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    order = torch.randperm(len(train), generator=generator)
+    batches = len(train) // 64
+    others = ~torch.eye(64, dtype=torch.bool)
+    for step in range(args.steps):
+        start = (step % batches) * 64
+        views = method.make_views(train[order[start : start + 64]], generator=generator)
+        query = method.projection_head(method.encoder(to_model_input(views[0])))
+        with torch.no_grad():
+            key = method.key_projection_head(method.key_encoder(to_model_input(views[1])))  # never updated here
+        loss = criterion(query, key)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % args.every == 0 or step == args.steps - 1:
+            directions = F.normalize(query.detach(), dim=1)
+            print(f"step {step}: loss {loss.item():.3f}, cos between images {(directions @ directions.T)[others].mean():.3f}, "
+                  f"output norm {query.detach().norm(dim=1).mean():.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,8 @@ projections of different images in the batch (1.0: every image has the same dire
 
     python docs/investigations/moco_collapse.py --lr 0.075 --steps 120   # standard's lr at batch 64
     python docs/investigations/moco_collapse.py --lr 0                    # the queue filling, no learning
+    python docs/investigations/moco_collapse.py --train head              # only the head moves: it collapses
+    python docs/investigations/moco_collapse.py --train encoder           # only the encoder moves: it spreads
 """
 
 import argparse
@@ -31,6 +33,8 @@ def main():
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--queue", type=int, default=1024)
     parser.add_argument("--profile", default="standard")
+    parser.add_argument("--train", choices=["all", "head", "encoder"], default="all",
+                        help="which part of the query branch the optimiser moves (the other stays at its initialisation)")
     args = parser.parse_args()
     profile = load_profile(args.profile)
     dataset = DATASETS.get("phantom-nih")().load(profile["data"])
@@ -38,6 +42,9 @@ def main():
     torch.manual_seed(0)
     hyperparameters = method_hyperparameters(profile, "mocov2")
     method = get_method("mocov2")(hyperparameters).train()
+    frozen = {"head": method.encoder, "encoder": method.projection_head}.get(args.train)
+    if frozen is not None:
+        frozen.requires_grad_(False)
     criterion = NTXentLoss(temperature=hyperparameters.temperature, memory_bank_size=(args.queue, hyperparameters.projection_dim))
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=args.lr, momentum=0.9, weight_decay=1e-4)

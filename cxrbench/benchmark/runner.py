@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cxrbench.benchmark.pretraining.diagnostics import encoder_diagnostics, relative_change
 from cxrbench.benchmark.config import RunConfig
 from cxrbench.benchmark.errors import StoredEncoderError
-from cxrbench.benchmark.pretraining.lease import LeaseHolder, PretrainingInProgressError, PretrainingLease, live_holder
 from cxrbench.benchmark.plan import RunPlan, cells_by_method
+from cxrbench.benchmark.pretraining.diagnostics import encoder_diagnostics, relative_change
+from cxrbench.benchmark.pretraining.lease import LeaseHolder, PretrainingInProgressError, PretrainingLease, live_holder
 from cxrbench.benchmark.pretraining.loop import pretrain
 from cxrbench.benchmark.protocols.registry import PROTOCOLS
 from cxrbench.datasets import DATASETS, PreparedDataset

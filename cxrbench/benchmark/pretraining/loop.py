@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cxrbench.distributed import World, average_across_processes, barrier, convert_sync_batchnorm, gather_objects
-from cxrbench.distributed import world as current_world
-from cxrbench.datasets.prepared import PreparedDataset
-from cxrbench.methods.base import FIXED_LR, Method
 from cxrbench.benchmark.pretraining.checkpoints import latest_checkpoint, save_checkpoint
 from cxrbench.benchmark.pretraining.schedule import learning_rate_factor, schedule_step
+from cxrbench.datasets.prepared import PreparedDataset
+from cxrbench.distributed import World, average_across_processes, barrier, convert_sync_batchnorm, gather_objects
+from cxrbench.distributed import world as current_world
+from cxrbench.methods.base import FIXED_LR, Method
 
 
 @dataclass

@@ -36,19 +36,6 @@ def load_entry_points(group: str, kind: str, accept: Callable[[str, Any, str], s
             warnings.warn(f"cxrbench: plugin {kind} {entry_point.name!r} from {origin} {refusal}; not loaded")
 
 
-class EntryPointGroup:
-    """An entry-point group loaded once, when a registry is first asked (``load`` is idempotent)."""
-
-    def __init__(self, group: str, kind: str, accept: Callable[[str, Any, str], str | None]):
-        self.group, self.kind, self.accept = group, kind, accept
-        self.loaded = False
-
-    def load(self) -> None:
-        if not self.loaded:
-            self.loaded = True
-            load_entry_points(self.group, self.kind, self.accept)
-
-
 class Registry(Mapping):
     """Names -> registered objects (method classes, dataset source classes, protocol objects), with
     each one's origin; the group's entry points are loaded the first time the registry is read.
@@ -70,7 +57,7 @@ class Registry(Mapping):
         self._refuse, self._prepare = refuse, prepare
         self._entries: dict[str, Any] = {}
         self.origins: dict[str, str] = {}  # name -> "built-in", a distribution's name, or an encoder file
-        self._plugins = EntryPointGroup(group, kind, self._accept_plugin)
+        self.plugins_loaded = False  # the entry points are read once, the first time the registry is read
 
     def register(self, name: str, origin: str = "built-in"):
         """Class decorator: register under ``name`` (the class gets ``name``)."""
@@ -105,7 +92,9 @@ class Registry(Mapping):
         return None
 
     def load_plugins(self) -> None:
-        self._plugins.load()
+        if not self.plugins_loaded:
+            self.plugins_loaded = True  # first: a plugin module that reads the registry does not load it again
+            load_entry_points(self.group, self.kind, self._accept_plugin)
 
     def __getitem__(self, name: str):
         self.load_plugins()

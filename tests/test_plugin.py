@@ -66,7 +66,7 @@ def _entry_points_of(tmp_path, monkeypatch, group, entries):
 
 
 def test_a_dataset_plugin_registers_through_its_entry_point_and_a_bad_one_is_a_warning(tmp_path, monkeypatch):
-    from cxrbench.datasets import DATASET_ORIGINS, DATASETS, registry
+    from cxrbench.datasets import DATASET_ORIGINS, DATASETS
 
     (tmp_path / "my_sites.py").write_text(
         "class MySite:\n    description = 'a site of mine'\n    task = 'classification'\n"
@@ -75,9 +75,9 @@ def test_a_dataset_plugin_registers_through_its_entry_point_and_a_bad_one_is_a_w
     _entry_points_of(tmp_path, monkeypatch, "cxrbench.datasets",
                      [("my-site", "my_sites:MySite"), ("broken", "my_sites:NotASource"), ("phantom-nih", "my_sites:MySite"),
                       ("missing", "no_such_module:Site")])
-    monkeypatch.setattr(DATASETS._plugins, "loaded", False)
+    monkeypatch.setattr(DATASETS, "plugins_loaded", False)
     with pytest.warns(UserWarning) as warned:
-        registry.load_plugins()
+        DATASETS.load_plugins()
     try:
         assert DATASETS.get("my-site")().load({"x": 1}) == {"x": 1} and DATASET_ORIGINS["my-site"] == "my_sites:MySite"
         messages = sorted(str(w.message) for w in warned)

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from mmengine.config import Config
 
+from cxrbench.benchmark.pretraining.loop import AUGMENT_ON, PRECISIONS
 from cxrbench.methods.backbone import BACKBONES
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -83,7 +84,7 @@ COUNTS = {"batch_size", "max_steps", "eval_every", "image_size", "bootstrap_resa
 # keys that must be above 0 (counts aside): durations and rates
 POSITIVE = {"epochs", "learning_rate"}
 NON_NEGATIVE = {"weight_decay", "phantom_seed"}
-CHOICES = {"backbone": tuple(BACKBONES), "precision": ("fp32", "bf16", "fp16"), "augment_on": ("device", "cpu")}
+CHOICES = {"backbone": tuple(BACKBONES), "precision": tuple(PRECISIONS), "augment_on": AUGMENT_ON}
 FLAGS = {"channels_last", "sync_batchnorm"}  # true or false
 NULLABLE = {"max_steps", "patience", "root"}  # null: no step cap, no early stopping, no data root
 NUMBER_LISTS = {"learning_rates": "numbers above 0", "fractions": "percentages in (0, 100]", "seeds": "whole numbers of at least 0"}

@@ -25,10 +25,5 @@ def register_dataset(name: str, origin: str = "built-in"):
     return DATASETS.register(name, origin)
 
 
-def load_plugins() -> None:
-    """Register every ``cxrbench.datasets`` entry point once."""
-    DATASETS.load_plugins()
-
-
 def available_datasets() -> list[str]:
     return sorted(DATASETS)

@@ -53,11 +53,6 @@ def expand_methods(names: list[str]) -> list[str]:
     return expanded
 
 
-def load_plugins() -> None:
-    """Import every ``cxrbench.methods`` entry point once; a broken plugin is a warning."""
-    METHODS.load_plugins()
-
-
 def available_methods() -> list[str]:
     """Every registered method, built-in and plugin: baselines first, then by name."""
     return sorted(METHODS, key=lambda name: (not METHODS[name].is_baseline, name))

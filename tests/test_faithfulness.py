@@ -288,3 +288,16 @@ def test_bench_list_details_prints_what_each_profile_resolves(capsys):
     for position, profile in enumerate(profiles):
         assert rows["pretrain.epochs"][-len(profiles) + position] == str(load_profile(profile)["pretrain"]["epochs"])
     assert main(["list", "--details", "no-such-method"]) == 2
+
+
+def test_moco_v2_head_is_the_official_one_unless_moco_v3_s_is_asked_for():
+    """The official MoCo v2 head has no BatchNorm; ``head_batch_norm`` (an investigation knob, no
+    profile's) puts one after each layer in both the query head and its momentum copy."""
+    official = get_method("mocov2")()
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in official.projection_head.modules())
+    hyperparameters = dataclasses.replace(official.hparams, head_batch_norm=True)
+    with_norm = get_method("mocov2")(hyperparameters)
+    for head in (with_norm.projection_head, with_norm.key_projection_head):
+        assert sum(isinstance(m, nn.BatchNorm1d) for m in head.modules()) == 2
+    for name in available_profiles():
+        assert not method_hyperparameters(load_profile(name), "mocov2").head_batch_norm, name

@@ -67,7 +67,8 @@ Deviations and why
 * Shuffle-BN: a stand-in in one process; under torchrun the official shuffle across
   processes (see ``momentum.shuffle_bn_forward``). Both queues take every process's keys.
 * ``standard`` profile (a 13-epoch schedule on the 64 px phantom): as MoCo v2's, ``base_lr`` 0.3,
-  ``queue_size`` 4,096 and ``momentum`` 0.99.
+  ``queue_size`` 1,024 (both queues; shorter than the 3,725 training images, for MoCo v2's reason)
+  and ``momentum`` 0.99.
 """
 
 from __future__ import annotations

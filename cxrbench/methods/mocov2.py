@@ -30,6 +30,7 @@ schedule               cosine to 0 set once per epoch, no warm-up (official and 
 batch size             256                   the profile's
 epochs                 200                   the profile's
 shuffle-BN             across 8 GPUs         2 chunks
+head BatchNorm         none                  none (``head_batch_norm``: MoCo v3's, no profile)
 image size             224                   the profile's
 =====================  ====================  ======================
 
@@ -53,8 +54,14 @@ Deviations and why
 * Grey radiographs: saturation, hue and random greyscale dropped; brightness/contrast kept.
 * lr follows the official linear scaling (0.03 per 256).
 * ``standard`` profile (a 13-epoch schedule on the 64 px phantom): ``base_lr`` 0.3 (solo-learn's
-  CIFAR MoCo v2+ value; the official 0.03 per 256 is 0.0075 at batch 64), ``queue_size`` 4,096 keys
-  (about one epoch of the 3,800 training images) and key-encoder ``momentum`` 0.99.
+  CIFAR MoCo v2+ value; the official 0.03 per 256 is 0.0075 at batch 64), ``queue_size`` 1,024 keys
+  and key-encoder ``momentum`` 0.99. The queue must stay shorter than the training set (3,725
+  images): a queue as long as an epoch holds every image's key from the epoch before, so each
+  query meets an earlier key of its own image among its negatives (ImageNet's 65,536 keys are 5 %
+  of its images).
+* ``head_batch_norm`` (MoCo v3's head, BatchNorm after each layer) is no profile's setting: it was
+  tried because the official head collapses on this phantom (README, "Why MoCo v2 did not learn")
+  and it did not make MoCo v2 learn there.
 """
 
 from __future__ import annotations
@@ -83,6 +90,8 @@ class MoCoV2Hyperparameters:
     sgd_momentum: float = 0.9
     shuffle_bn_splits: int = 2
     crop_scale: tuple[float, float] = (0.2, 1.0)
+    # BatchNorm after each layer of the projection head (MoCo v3's head; v2's official has none)
+    head_batch_norm: bool = False
 
 
 def moco_sgd(method, batch_size: int) -> torch.optim.SGD:
@@ -104,7 +113,8 @@ class MoCoV2(Method):
     def __init__(self, hyperparameters: MoCoV2Hyperparameters | None = None, backbone: str | None = None):
         super().__init__(hyperparameters, backbone)
         hp = self.hparams
-        self.projection_head = MoCoProjectionHead(self.feature_dim, self.feature_dim, hp.projection_dim)
+        self.projection_head = MoCoProjectionHead(self.feature_dim, self.feature_dim, hp.projection_dim,
+                                                  batch_norm=hp.head_batch_norm)
         self.key_encoder = momentum_copy(self.encoder)
         self.key_projection_head = momentum_copy(self.projection_head)
         self.criterion = NTXentLoss(temperature=hp.temperature, memory_bank_size=(hp.queue_size, hp.projection_dim),

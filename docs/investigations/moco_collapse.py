@@ -15,6 +15,7 @@ projections of different images in the batch (1.0: every image has the same dire
 """
 
 import argparse
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,8 @@ from cxrbench.benchmark.profiles import load_profile, method_hyperparameters
 from cxrbench.datasets import DATASETS
 from cxrbench.methods import get_method
 from cxrbench.methods.backbone import to_model_input
+from cxrbench.methods.base import split_weight_decay
+from cxrbench.methods.lars import LARS
 
 
 def main():
@@ -33,6 +36,13 @@ def main():
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--queue", type=int, default=1024)
     parser.add_argument("--profile", default="standard")
+    parser.add_argument("--optimizer", choices=["sgd", "lars"], default="sgd",
+                        help="sgd: MoCo v2's (momentum 0.9, weight decay 1e-4 on every parameter); lars: SimCLR's in "
+                             "`standard` (biases and norms neither decayed nor adapted)")
+    parser.add_argument("--lars-eta", type=float, default=0.02, help="LARS trust coefficient (with --optimizer lars)")
+    parser.add_argument("--prefill", action="store_true",
+                        help="fill the queue with keys of real images before the first step (MoCo's own start: random vectors)")
+    parser.add_argument("--head-batch-norm", action="store_true", help="MoCo v3's head: BatchNorm after each layer")
     parser.add_argument("--train", choices=["all", "head", "encoder"], default="all",
                         help="which part of the query branch the optimiser moves (the other stays at its initialisation)")
     args = parser.parse_args()
@@ -40,17 +50,28 @@ def main():
     dataset = DATASETS.get("phantom-nih")().load(profile["data"])
     train = torch.from_numpy(dataset.images[dataset.split_positions("train")].copy())
     torch.manual_seed(0)
-    hyperparameters = method_hyperparameters(profile, "mocov2")
+    hyperparameters = dataclasses.replace(method_hyperparameters(profile, "mocov2"), head_batch_norm=args.head_batch_norm)
     method = get_method("mocov2")(hyperparameters).train()
     frozen = {"head": method.encoder, "encoder": method.projection_head}.get(args.train)
     if frozen is not None:
         frozen.requires_grad_(False)
     criterion = NTXentLoss(temperature=hyperparameters.temperature, memory_bank_size=(args.queue, hyperparameters.projection_dim))
     generator = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    if args.optimizer == "lars":
+        groups = split_weight_decay(method, 1e-4)
+        optimizer = LARS(groups, lr=args.lr, momentum=0.9, weight_decay=1e-4, trust_coefficient=args.lars_eta)
+    else:
+        optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=args.lr, momentum=0.9,
+                                    weight_decay=1e-4)
     order = torch.randperm(len(train), generator=generator)
     batches = len(train) // 64
     others = ~torch.eye(64, dtype=torch.bool)
+    if args.prefill:
+        with torch.no_grad():
+            for start in range(0, args.queue, 64):
+                images = train[order[-start - 64 : len(train) - start]]
+                keys = method.key_projection_head(method.key_encoder(to_model_input(method.make_views(images, generator)[1])))
+                criterion.memory_bank(F.normalize(keys, dim=1), update=True)
     for step in range(args.steps):
         start = (step % batches) * 64
         views = method.make_views(train[order[start : start + 64]], generator=generator)

@@ -228,3 +228,24 @@ def test_a_record_that_is_a_json_list_is_left_out(tmp_path, capsys):
     (tmp_path / "cells" / "list.json").write_text("[1, 2]")
     records = load_records(tmp_path)
     assert list(records["method"]) == ["sup1"] and "list.json" in records.attrs["skipped"][0]
+
+
+def test_method_pairs_tell_a_clear_difference_from_a_tie_and_leave_the_baseline_out(tmp_path):
+    from cxrbench.records.comparisons import method_pairs
+
+    write_cell(tmp_path, "sup1", scores_with_signal(0.3, 60), baseline=True, display="Sup.1")
+    write_cell(tmp_path, "strong", scores_with_signal(2.0, 61), display="Strong")
+    write_cell(tmp_path, "twin", scores_with_signal(2.0, 62), display="Twin")  # the same strength: a tie
+    write_cell(tmp_path, "weak", scores_with_signal(0.3, 63), display="Weak")
+    pairs = method_pairs(tmp_path).set_index(["method_a", "method_b"])
+    assert set(pairs.index) == {("Strong", "Twin"), ("Strong", "Weak"), ("Twin", "Weak")}  # Sup.1 in no pair
+    assert pairs.loc[("Strong", "Weak"), "significant"] and pairs.loc[("Twin", "Weak"), "significant"]
+    assert pairs.loc[("Strong", "Weak"), "difference"] > 20 and pairs.loc[("Strong", "Weak"), "low"] > 0
+    assert not pairs.loc[("Strong", "Twin"), "significant"]
+    # a fraction with no records gives no pairs, not an error
+    assert method_pairs(tmp_path, label_fraction=10.0).empty
+    write_report(tmp_path, tmp_path / "report")
+    lines = (tmp_path / "report" / "method_pairs_frozen.md").read_text().splitlines()
+    assert "2 of 3 comparisons are significant" in lines[0]
+    assert any("Strong – Weak" in line and "✓" in line for line in lines)
+    assert any("Strong – Twin" in line and "✓" not in line for line in lines)

@@ -14,6 +14,7 @@ baseline's cells.
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +192,45 @@ def _learning_row(key: tuple, tests: list) -> list:
     p_value = max(t.p_value for t in tests) if same_sign and all(t.p_value == t.p_value for t in tests) else 1.0
     return [*key, len(tests), 100 * float(np.mean(differences)), 100 * min(t.difference - 1.96 * t.standard_error for t in tests),
             100 * max(t.difference + 1.96 * t.standard_error for t in tests), p_value, False]
+
+
+PAIR_COLUMNS = ["method_a", "method_b", "protocol", "dataset", "label_fraction", "seeds", "difference", "low", "high",
+                "p_value", "significant"]
+
+
+def method_pairs(results_dir: Path, protocol: str = "frozen", label_fraction: float = 100.0, alpha: float = 0.05) -> pd.DataFrame:
+    """Every pair of self-supervised methods (neither the baseline nor random initialisation)
+    compared with each other on each dataset at one label fraction: does a benchmark tell them apart?
+
+    One row per (pair, dataset): the difference a - b of the headline score (x 100, mean over
+    seeds), its 95 % interval (the union over seeds) and the p-value of the paired test (DeLong /
+    paired t on the same test images; several seeds: a pair counts only when every seed's test
+    does, in the same direction). ``significant`` is Holm over all the rows, one family.
+    """
+    entries = {}
+    for entry in _tested_records(results_dir):
+        record, cell = entry.record, entry.record.cell
+        if cell.protocol == protocol and cell.label_fraction == label_fraction and not (record.method_is_baseline or record.method_is_random_init):
+            entries[(cell.method, cell.dataset, cell.seed)] = entry
+    names = {method: entry.record.method_display_name for (method, _, _), entry in entries.items()}
+    loaded: dict[tuple, dict] = {}
+
+    def predictions(key: tuple) -> dict:
+        if key not in loaded:
+            loaded[key] = entries[key].predictions()
+        return loaded[key]
+
+    groups: dict[tuple, list] = {}
+    for method_a, method_b in itertools.combinations(sorted(names), 2):
+        shared = sorted((dataset, seed) for (method, dataset, seed) in entries if method == method_a and (method_b, dataset, seed) in entries)
+        for dataset, seed in shared:
+            ours, theirs = predictions((method_a, dataset, seed)), predictions((method_b, dataset, seed))
+            if np.array_equal(ours["image_ids"], theirs["image_ids"]):
+                groups.setdefault((names[method_a], names[method_b], protocol, dataset, label_fraction), []).append(
+                    exact_paired_test(ours, theirs))
+    table = pd.DataFrame([_learning_row(key, tests) for key, tests in sorted(groups.items())], columns=PAIR_COLUMNS)
+    table["significant"] = holm_reject(list(table["p_value"]), alpha) if len(table) else []
+    return table
 
 
 # the protocol whose cells decide whether a method learned: the frozen probe measures the

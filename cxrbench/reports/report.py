@@ -22,7 +22,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from cxrbench.records.io import atomic_write_bytes
-from cxrbench.records.comparisons import decided_methods, did_not_learn, learning_check
+from cxrbench.records.comparisons import decided_methods, did_not_learn, learning_check, method_pairs
 from cxrbench.records.layout import ResultsFolder
 from cxrbench.records.schema import PretrainRecord, RecordError, read_record
 from cxrbench.reports import figures
@@ -290,6 +290,7 @@ def _from_our_records(sources: _Sources, out_dir: Path, page: _Page, tables: dic
         page.note(note)
         print(f"bench report: {note}", file=sys.stderr)
     written = _learning_check(results_dir, out_dir, page)
+    written += _method_pairs(results_dir, out_dir, page)
     written += _run_times(results_dir, out_dir, page)
     written += _figures(results_dir, ours, out_dir, page, tables)
     tests_path = ResultsFolder(results_dir).paired_tests
@@ -396,6 +397,33 @@ def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]
                    render_html_frame(frame, caption, f"learning_check_{protocol}"))
         written += files
     return written
+
+
+PAIRS_CAPTION = (
+    "Method pairs: each pair of self-supervised methods compared with each other on the same test images, frozen "
+    "probe at 100 % labels; the first method minus the second, x 100, with the 95 % interval of the paired DeLong "
+    "test (the union over seeds). ✓: significant after Holm over every pair and dataset of this table at 5 % (with "
+    "several seeds, every seed's test in the same direction). A benchmark that tells methods apart has some ✓ here; "
+    "a pair between a method that learned and one that did not says less than a pair of two that learned.")
+
+
+def _method_pairs(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]:
+    """Which self-supervised methods differ from each other (frozen probe, 100 % labels)."""
+    pairs = method_pairs(results_dir)
+    if pairs.empty:
+        return []
+    pairs = pairs.assign(pair=[f"{a} – {b}" for a, b in zip(pairs["method_a"], pairs["method_b"])],
+                         text=[f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (" ✓" if s else "")
+                               for d, lo, hi, s in zip(pairs["difference"], pairs["low"], pairs["high"], pairs["significant"])])
+    frame = pairs.pivot_table(index="pair", columns="dataset", values="text", aggfunc="first", sort=False).fillna("–")
+    frame = frame.reset_index().rename(columns={"pair": "Pair"})
+    caption = f"{PAIRS_CAPTION} {int(pairs['significant'].sum())} of {len(pairs)} comparisons are significant."
+    markdown = f"{caption}\n\n" + tabulate(frame.values.tolist(), headers=list(frame.columns), tablefmt="pipe", stralign="center") + "\n"
+    files = _write_table(out_dir, "method_pairs_frozen", markdown, render_latex(frame.set_index("Pair"), caption, "tab:method_pairs_frozen"),
+                         pairs.drop(columns=["pair", "text"]))
+    page.table("Method pairs (frozen, 100 %): which methods does the benchmark tell apart?", markdown, files,
+               render_html_frame(frame, caption, "method_pairs_frozen"))
+    return files
 
 
 def _batchnorm_note(results_dir: Path) -> str:

@@ -290,7 +290,7 @@ def test_bench_list_details_prints_what_each_profile_resolves(capsys):
     assert main(["list", "--details", "no-such-method"]) == 2
 
 
-def test_moco_v2_head_is_the_official_one_unless_moco_v3_s_is_asked_for():
+def test_moco_v2_head_is_the_official_one_unless_batchnorm_is_asked_for():
     """The official MoCo v2 head has no BatchNorm; ``head_batch_norm`` (an investigation knob, no
     profile's) puts one after each layer in both the query head and its momentum copy."""
     official = get_method("mocov2")()

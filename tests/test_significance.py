@@ -237,15 +237,32 @@ def test_method_pairs_tell_a_clear_difference_from_a_tie_and_leave_the_baseline_
     write_cell(tmp_path, "strong", scores_with_signal(2.0, 61), display="Strong")
     write_cell(tmp_path, "twin", scores_with_signal(2.0, 62), display="Twin")  # the same strength: a tie
     write_cell(tmp_path, "weak", scores_with_signal(0.3, 63), display="Weak")
-    pairs = method_pairs(tmp_path).set_index(["method_a", "method_b"])
-    assert set(pairs.index) == {("Strong", "Twin"), ("Strong", "Weak"), ("Twin", "Weak")}  # Sup.1 in no pair
-    assert pairs.loc[("Strong", "Weak"), "significant"] and pairs.loc[("Twin", "Weak"), "significant"]
-    assert pairs.loc[("Strong", "Weak"), "difference"] > 20 and pairs.loc[("Strong", "Weak"), "low"] > 0
-    assert not pairs.loc[("Strong", "Twin"), "significant"]
+    write_cell(tmp_path, "strong", scores_with_signal(0.3, 64), display="Strong", protocol="finetune")  # another protocol
+    pairs = method_pairs(tmp_path, "frozen", 100.0).set_index(["method_a", "method_b"])
+    assert set(pairs.index) == {("strong", "twin"), ("strong", "weak"), ("twin", "weak")}  # Sup.1 in no pair
+    assert pairs.loc[("strong", "weak"), "significant"] and pairs.loc[("twin", "weak"), "significant"]
+    assert pairs.loc[("strong", "weak"), "difference"] > 20 and pairs.loc[("strong", "weak"), "low"] > 0
+    assert pairs.loc[("strong", "weak"), "display_a"] == "Strong"
+    assert not pairs.loc[("strong", "twin"), "significant"]
     # a fraction with no records gives no pairs, not an error
-    assert method_pairs(tmp_path, label_fraction=10.0).empty
+    assert method_pairs(tmp_path, "frozen", 10.0).empty
     write_report(tmp_path, tmp_path / "report")
     lines = (tmp_path / "report" / "method_pairs_frozen.md").read_text().splitlines()
     assert "2 of 3 comparisons are significant" in lines[0]
     assert any("Strong – Weak" in line and "✓" in line for line in lines)
     assert any("Strong – Twin" in line and "✓" not in line for line in lines)
+
+
+def test_a_method_pair_counts_only_when_every_shared_seed_agrees(tmp_path):
+    from cxrbench.records.comparisons import method_pairs
+
+    for seed in (0, 1):
+        write_cell(tmp_path, "sup1", scores_with_signal(0.3, 70 + seed), baseline=True, display="Sup.1", seed=seed)
+        write_cell(tmp_path, "steady", scores_with_signal(2.0, 72 + seed), display="Steady", seed=seed)
+    write_cell(tmp_path, "mixed", scores_with_signal(0.3, 74), display="Mixed", seed=0)  # clearly below Steady
+    write_cell(tmp_path, "mixed", scores_with_signal(2.0, 75) + 0.01, display="Mixed", seed=1)  # the same as Steady
+    write_cell(tmp_path, "single", scores_with_signal(0.3, 76), display="Single", seed=0)  # one seed only
+    pairs = method_pairs(tmp_path, "frozen", 100.0).set_index(["method_a", "method_b"])
+    assert pairs.loc[("mixed", "steady"), "seeds"] == 2 and not pairs.loc[("mixed", "steady"), "significant"]
+    # a pair is decided on the seeds both methods have
+    assert pairs.loc[("single", "steady"), "seeds"] == 1 and pairs.loc[("single", "steady"), "significant"]

@@ -30,7 +30,7 @@ schedule               cosine to 0 set once per epoch, no warm-up (official and 
 batch size             256                   the profile's
 epochs                 200                   the profile's
 shuffle-BN             across 8 GPUs         2 chunks
-head BatchNorm         none                  none (``head_batch_norm``: MoCo v3's, no profile)
+head BatchNorm         none                  none (``head_batch_norm``: after each layer; no profile)
 image size             224                   the profile's
 =====================  ====================  ======================
 
@@ -59,7 +59,7 @@ Deviations and why
   images): a queue as long as an epoch holds every image's key from the epoch before, so each
   query meets an earlier key of its own image among its negatives (ImageNet's 65,536 keys are 5 %
   of its images).
-* ``head_batch_norm`` (MoCo v3's head, BatchNorm after each layer) is no profile's setting: it was
+* ``head_batch_norm`` (BatchNorm after each layer of the head, as in MoCo v3) is no profile's setting: it was
   tried because the official head collapses on this phantom (README, "Why MoCo v2 did not learn")
   and it did not make MoCo v2 learn there.
 """
@@ -90,7 +90,7 @@ class MoCoV2Hyperparameters:
     sgd_momentum: float = 0.9
     shuffle_bn_splits: int = 2
     crop_scale: tuple[float, float] = (0.2, 1.0)
-    # BatchNorm after each layer of the projection head (MoCo v3's head; v2's official has none)
+    # BatchNorm after each layer of the projection head, as in MoCo v3 (v2's official head has none)
     head_batch_norm: bool = False
 
 

@@ -178,15 +178,17 @@ def learning_check(results_dir: Path, alpha: float = 0.05) -> pd.DataFrame:
         ours, theirs = entry.predictions(), reference.predictions()
         if np.array_equal(ours["image_ids"], theirs["image_ids"]):
             groups.setdefault((record.cell.method, record.method_display_name) + key[:3], []).append(exact_paired_test(ours, theirs))
-    table = pd.DataFrame([_learning_row(key, tests) for key, tests in sorted(groups.items())], columns=LEARNING_COLUMNS)
+    table = pd.DataFrame([_row_over_seeds(key, tests) for key, tests in sorted(groups.items())], columns=LEARNING_COLUMNS)
     for protocol, part in table.groupby("protocol"):
         rejected = holm_reject(list(part["p_value"]), alpha)
         table.loc[part.index, "significant"] = [r and d > 0 for r, d in zip(rejected, part["difference"])]
     return table
 
 
-def _learning_row(key: tuple, tests: list) -> list:
-    """One row of the learning check from a cell's tests against random initialisation, one per seed."""
+def _row_over_seeds(key: tuple, tests: list) -> list:
+    """One row from a cell's paired tests, one per seed (against random initialisation, or between two
+    methods): mean difference x 100, the union of the seeds' intervals, and the largest p-value when
+    every seed's difference points the same way (else 1)."""
     differences = [t.difference for t in tests]
     same_sign = len({np.sign(d) for d in differences}) == 1
     p_value = max(t.p_value for t in tests) if same_sign and all(t.p_value == t.p_value for t in tests) else 1.0
@@ -195,27 +197,31 @@ def _learning_row(key: tuple, tests: list) -> list:
 
 
 PAIR_COLUMNS = ["method_a", "method_b", "protocol", "dataset", "label_fraction", "seeds", "difference", "low", "high",
-                "p_value", "significant"]
+                "p_value", "significant", "display_a", "display_b"]
 
 
-def method_pairs(results_dir: Path, protocol: str = "frozen", label_fraction: float = 100.0, alpha: float = 0.05) -> pd.DataFrame:
-    """Every pair of self-supervised methods (neither the baseline nor random initialisation)
-    compared with each other on each dataset at one label fraction: does a benchmark tell them apart?
+def method_pairs(results_dir: Path, protocol: str, label_fraction: float, alpha: float = 0.05) -> pd.DataFrame:
+    """Every pair of the suite's self-supervised methods (built-in or plugin; not the baseline,
+    random initialisation or an ``--encoder`` row, whose trunk and training may differ) compared
+    with each other on each dataset at one label fraction: does the benchmark tell them apart?
 
-    One row per (pair, dataset): the difference a - b of the headline score (x 100, mean over
-    seeds), its 95 % interval (the union over seeds) and the p-value of the paired test (DeLong /
-    paired t on the same test images; several seeds: a pair counts only when every seed's test
-    does, in the same direction). ``significant`` is Holm over all the rows, one family.
+    One row per (pair, dataset): the difference a - b of the headline score (x 100, mean over the
+    seeds both methods have), its 95 % interval (the union over those seeds) and the p-value of the
+    paired test (DeLong / paired t on the same test images; with several seeds a pair counts only
+    when every one of those seeds' tests does, in the same direction). ``significant`` is Holm over
+    all the rows, one family.
     """
     entries = {}
     for entry in _tested_records(results_dir):
         record, cell = entry.record, entry.record.cell
-        if cell.protocol == protocol and cell.label_fraction == label_fraction and not (record.method_is_baseline or record.method_is_random_init):
+        suite_method = not (record.method_is_baseline or record.method_is_random_init or record.method_provenance)
+        if suite_method and cell.protocol == protocol and cell.label_fraction == label_fraction:
             entries[(cell.method, cell.dataset, cell.seed)] = entry
     names = {method: entry.record.method_display_name for (method, _, _), entry in entries.items()}
     loaded: dict[tuple, dict] = {}
 
     def predictions(key: tuple) -> dict:
+        # each cell's predictions are read once, not once per pair it is in
         if key not in loaded:
             loaded[key] = entries[key].predictions()
         return loaded[key]
@@ -224,11 +230,11 @@ def method_pairs(results_dir: Path, protocol: str = "frozen", label_fraction: fl
     for method_a, method_b in itertools.combinations(sorted(names), 2):
         shared = sorted((dataset, seed) for (method, dataset, seed) in entries if method == method_a and (method_b, dataset, seed) in entries)
         for dataset, seed in shared:
-            ours, theirs = predictions((method_a, dataset, seed)), predictions((method_b, dataset, seed))
-            if np.array_equal(ours["image_ids"], theirs["image_ids"]):
-                groups.setdefault((names[method_a], names[method_b], protocol, dataset, label_fraction), []).append(
-                    exact_paired_test(ours, theirs))
-    table = pd.DataFrame([_learning_row(key, tests) for key, tests in sorted(groups.items())], columns=PAIR_COLUMNS)
+            first, second = predictions((method_a, dataset, seed)), predictions((method_b, dataset, seed))
+            if np.array_equal(first["image_ids"], second["image_ids"]):
+                groups.setdefault((method_a, method_b, protocol, dataset, label_fraction), []).append(exact_paired_test(first, second))
+    rows = [_row_over_seeds(key, tests) + [names[key[0]], names[key[1]]] for key, tests in sorted(groups.items())]
+    table = pd.DataFrame(rows, columns=PAIR_COLUMNS)
     table["significant"] = holm_reject(list(table["p_value"]), alpha) if len(table) else []
     return table
 

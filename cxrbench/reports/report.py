@@ -400,19 +400,20 @@ def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]
 
 
 PAIRS_CAPTION = (
-    "Method pairs: each pair of self-supervised methods compared with each other on the same test images, frozen "
-    "probe at 100 % labels; the first method minus the second, x 100, with the 95 % interval of the paired DeLong "
-    "test (the union over seeds). ✓: significant after Holm over every pair and dataset of this table at 5 % (with "
-    "several seeds, every seed's test in the same direction). A benchmark that tells methods apart has some ✓ here; "
-    "a pair between a method that learned and one that did not says less than a pair of two that learned.")
+    "Method pairs: each pair of the suite's self-supervised methods (not Sup.1, random initialisation or --encoder "
+    "rows) compared with each other on the same test images, frozen probe at 100 % labels; the first method minus the "
+    "second, x 100, mean over the seeds both have, with the 95 % interval of the paired DeLong test (the union over "
+    "those seeds). ✓: significant after Holm over every pair and dataset of this table at 5 % (with several seeds, "
+    "every one of those seeds' tests in the same direction). A benchmark that tells methods apart has some ✓ here; "
+    "a pair of a method that learned and one that did not says less than a pair of two that learned.")
 
 
 def _method_pairs(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]:
     """Which self-supervised methods differ from each other (frozen probe, 100 % labels)."""
-    pairs = method_pairs(results_dir)
+    pairs = method_pairs(results_dir, protocol="frozen", label_fraction=100.0)
     if pairs.empty:
         return []
-    pairs = pairs.assign(pair=[f"{a} – {b}" for a, b in zip(pairs["method_a"], pairs["method_b"])],
+    pairs = pairs.assign(pair=[f"{a} – {b}" for a, b in zip(pairs["display_a"], pairs["display_b"])],
                          text=[f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (" ✓" if s else "")
                                for d, lo, hi, s in zip(pairs["difference"], pairs["low"], pairs["high"], pairs["significant"])])
     frame = pairs.pivot_table(index="pair", columns="dataset", values="text", aggfunc="first", sort=False).fillna("–")

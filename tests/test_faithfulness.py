@@ -290,9 +290,10 @@ def test_bench_list_details_prints_what_each_profile_resolves(capsys):
     assert main(["list", "--details", "no-such-method"]) == 2
 
 
-def test_moco_v2_head_is_the_official_one_unless_batchnorm_is_asked_for():
-    """The official MoCo v2 head has no BatchNorm; ``head_batch_norm`` (an investigation knob, no
-    profile's) puts one after each layer in both the query head and its momentum copy."""
+def test_moco_v2_head_and_schedule_are_the_official_ones_unless_asked_for():
+    """The official MoCo v2 head has no BatchNorm and no warm-up; ``head_batch_norm`` and
+    ``warmup_epochs`` (investigation knobs, no profile's) add them, the BatchNorm after each layer of
+    both the query head and its momentum copy."""
     official = get_method("mocov2")()
     assert not any(isinstance(m, nn.BatchNorm1d) for m in official.projection_head.modules())
     hyperparameters = dataclasses.replace(official.hparams, head_batch_norm=True)
@@ -300,4 +301,9 @@ def test_moco_v2_head_is_the_official_one_unless_batchnorm_is_asked_for():
     for head in (with_norm.projection_head, with_norm.key_projection_head):
         assert sum(isinstance(m, nn.BatchNorm1d) for m in head.modules()) == 2
     for name in available_profiles():
-        assert not method_hyperparameters(load_profile(name), "mocov2").head_batch_norm, name
+        hyperparameters = method_hyperparameters(load_profile(name), "mocov2")
+        assert not hyperparameters.head_batch_norm, name
+        # no warm-up, as official, unless asked for; the loop reads it through the method's schedule
+        assert get_method("mocov2")(hyperparameters).lr_schedule().warmup_epochs == 0, name
+    warmed = get_method("mocov2")(dataclasses.replace(official.hparams, warmup_epochs=3.0))
+    assert warmed.lr_schedule().warmup_epochs == 3.0 and warmed.lr_schedule().unit == "epoch"

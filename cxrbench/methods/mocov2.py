@@ -26,7 +26,8 @@ temperature            0.2                   0.2
 optimiser              SGD, momentum 0.9     same
 lr (batch 256)         0.03 (x batch/256)    0.03 (x batch/256)
 weight decay           1e-4                  1e-4
-schedule               cosine to 0 set once per epoch, no warm-up (official and ours)
+schedule               cosine to 0 set once per epoch, no warm-up (official and ours;
+                       ``warmup_epochs`` adds one, no profile's)
 batch size             256                   the profile's
 epochs                 200                   the profile's
 shuffle-BN             across 8 GPUs         2 chunks
@@ -61,7 +62,8 @@ Deviations and why
   of its images).
 * ``head_batch_norm`` (BatchNorm after each layer of the head, as in MoCo v3) is no profile's setting: it was
   tried because the official head collapses on this phantom (README, "Why MoCo v2 did not learn")
-  and it did not make MoCo v2 learn there.
+  and it did not make MoCo v2 learn there; nor did a 3-epoch warm-up (``warmup_epochs``, also no
+  profile's).
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class MoCoV2Hyperparameters:
     sgd_momentum: float = 0.9
     shuffle_bn_splits: int = 2
     crop_scale: tuple[float, float] = (0.2, 1.0)
+    # linear warm-up from 0 (official: none); with the per-epoch schedule each epoch's rate is set at its first step
+    warmup_epochs: float = 0.0
     # BatchNorm after each layer of the projection head, as in MoCo v3 (v2's official head has none)
     head_batch_norm: bool = False
 

@@ -370,14 +370,19 @@ def _run_times(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]:
     return [path]
 
 
+def _difference_texts(rows: pd.DataFrame) -> list[str]:
+    """Each row's difference with its interval, ✓ where significant: '+5.8 [+0.2, +10.9] ✓'."""
+    return [f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (" ✓" if significant else "")
+            for d, lo, hi, significant in zip(rows["difference"], rows["low"], rows["high"], rows["significant"])]
+
+
 def _learning_check(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]:
     check = learning_check(results_dir)
     if check.empty:
         return []
     verdicts, decided = did_not_learn(check), decided_methods(check)
     check = check.assign(column=[f"{d} {_fraction_label_short(f)}" for d, f in zip(check["dataset"], check["label_fraction"])],
-                         text=[f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (" ✓" if s else "")
-                               for d, lo, hi, s in zip(check["difference"], check["low"], check["high"], check["significant"])])
+                         text=_difference_texts(check))
     names = dict(zip(check["display_name"], check["method"]))
     written = []
     for protocol in [name for name in ("frozen", "finetune", "segmentation") if name in set(check["protocol"])] + \
@@ -414,8 +419,7 @@ def _method_pairs(results_dir: Path, out_dir: Path, page: _Page) -> list[Path]:
     if pairs.empty:
         return []
     pairs = pairs.assign(pair=[f"{a} – {b}" for a, b in zip(pairs["display_a"], pairs["display_b"])],
-                         text=[f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (" ✓" if s else "")
-                               for d, lo, hi, s in zip(pairs["difference"], pairs["low"], pairs["high"], pairs["significant"])])
+                         text=_difference_texts(pairs))
     frame = pairs.pivot_table(index="pair", columns="dataset", values="text", aggfunc="first", sort=False).fillna("–")
     frame = frame.reset_index().rename(columns={"pair": "Pair"})
     caption = f"{PAIRS_CAPTION} {int(pairs['significant'].sum())} of {len(pairs)} comparisons are significant."

@@ -307,3 +307,45 @@ def test_moco_v2_head_and_schedule_are_the_official_ones_unless_asked_for():
         assert get_method("mocov2")(hyperparameters).lr_schedule().warmup_epochs == 0, name
     warmed = get_method("mocov2")(dataclasses.replace(official.hparams, warmup_epochs=3.0))
     assert warmed.lr_schedule().warmup_epochs == 3.0 and warmed.lr_schedule().unit == "epoch"
+
+
+def test_moco_optimizer_is_official_sgd_unless_lars_is_asked_for():
+    """MoCo v2 and DenseCL train with SGD (weight decay on every parameter) and the one-directional
+    loss in every profile;
+    ``optimizer: lars`` (an investigation knob) gives LARS with biases and norms neither decayed nor
+    adapted; anything else is refused with the value named."""
+    for name in ("mocov2", "densecl"):
+        for profile in available_profiles():
+            hyperparameters = method_hyperparameters(load_profile(profile), name)
+            assert hyperparameters.optimizer == "sgd", (name, profile)
+            assert not hyperparameters.symmetric_loss, (name, profile)  # official: one direction
+        method = get_method(name)()
+        sgd = method.build_optimizer(64)
+        assert type(sgd) is torch.optim.SGD and all(group["weight_decay"] == 1e-4 for group in sgd.param_groups)
+        trainable = {id(p) for p in method.parameters() if p.requires_grad}
+        assert {id(p) for group in sgd.param_groups for p in group["params"]} == trainable
+        lars = get_method(name)(dataclasses.replace(method.hparams, optimizer="lars")).build_optimizer(64)
+        assert isinstance(lars, LARS)
+        decayed, excluded = lars.param_groups
+        assert decayed["weight_decay"] == 1e-4 and all(p.ndim > 1 for p in decayed["params"])
+        assert excluded["weight_decay"] == 0.0 and all(p.ndim <= 1 for p in excluded["params"])
+        with pytest.raises(ValueError, match="optimizer 'adam'"):
+            get_method(name)(dataclasses.replace(method.hparams, optimizer="adam")).build_optimizer(64)
+
+
+def test_byol_target_starts_on_its_own_unless_copied():
+    """Official BYOL draws the target network on its own; ``target_from_online`` (an investigation
+    knob, no profile's) starts it as a copy of the online network and leaves the online one as it was."""
+    torch.manual_seed(0)
+    official = get_method("byol")()
+    torch.manual_seed(0)
+    copied = get_method("byol")(dataclasses.replace(official.hparams, target_from_online=True))
+    online, target = official.encoder.state_dict(), official.target_encoder.state_dict()
+    assert not torch.equal(online["conv1.weight"], target["conv1.weight"])
+    for key, value in copied.encoder.state_dict().items():
+        assert torch.equal(value, online[key]), key  # the online network does not depend on the knob
+        assert torch.equal(copied.target_encoder.state_dict()[key], value), key
+    for key, value in copied.projection_head.state_dict().items():
+        assert torch.equal(copied.target_projection_head.state_dict()[key], value), key
+    for profile in available_profiles():
+        assert not method_hyperparameters(load_profile(profile), "byol").target_from_online, profile

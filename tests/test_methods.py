@@ -9,6 +9,7 @@ import torchvision
 
 from cxrbench.benchmark.profiles import load_profile
 from cxrbench.methods import available_methods, get_method
+from cxrbench.methods.backbone import to_model_input
 from cxrbench.methods.densecl import info_nce, match_positions
 from cxrbench.methods.momentum import cosine_momentum, shuffle_bn_forward
 from cxrbench.methods.pcrlv2 import cutout
@@ -117,6 +118,32 @@ def test_moco_loss_uses_its_queue_and_then_enqueues_the_keys():
     torch.testing.assert_close(loss, F.cross_entropy(logits, torch.zeros(4, dtype=torch.long)))
     torch.testing.assert_close(bank.bank[:4], k)  # the queue advanced by this batch's keys
     assert int(bank.bank_ptr) == 4
+
+
+def test_symmetric_moco_loss_averages_both_directions_each_against_its_own_queue():
+    """``symmetric_loss`` (an investigation knob): view 1's query against view 2's key and the
+    first queue, view 2's query against view 1's key and a second queue, averaged; each queue then
+    takes the keys it was the negatives for (so no query meets its own view's key of this batch)."""
+    method = build("mocov2", symmetric_loss=True, shuffle_bn_splits=1).train()
+    banks = [method.criterion.memory_bank, method.reverse_criterion.memory_bank]
+    queues_before = [bank.bank.clone() for bank in banks]  # (K, D)
+    torch.manual_seed(0)
+    views = method.make_views(torch.randint(0, 256, (4, 64, 64), dtype=torch.uint8), torch.Generator().manual_seed(0))
+    loss, _ = method.training_step(views)
+    inputs = [to_model_input(view) for view in views]
+    with torch.no_grad():
+        queries = [F.normalize(method.projection_head(method.encoder(x)), dim=1) for x in inputs]
+        keys = [F.normalize(method.key_projection_head(method.key_encoder(x)), dim=1) for x in inputs]
+    expected = []
+    for (q, k), queue in zip([(queries[0], keys[1]), (queries[1], keys[0])], queues_before):
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], dim=1) / method.hparams.temperature
+        expected.append(F.cross_entropy(logits, torch.zeros(4, dtype=torch.long)))
+    torch.testing.assert_close(loss.detach(), (expected[0] + expected[1]) / 2)
+    torch.testing.assert_close(banks[0].bank[:4], keys[1])
+    torch.testing.assert_close(banks[1].bank[:4], keys[0])
+    assert not hasattr(build("mocov2"), "reverse_criterion")  # official: one direction, one queue
+    with pytest.raises(ValueError, match="densecl: symmetric_loss is MoCo v2's setting only"):
+        build("densecl", symmetric_loss=True)
 
 
 def test_densecl_queues_advance_after_a_step():

@@ -30,7 +30,9 @@ projector              Linear(bias)-BN-ReLU-Linear(no    Linear(no bias)-BN-ReLU
                        bias), 4096 hidden -> 256         bias), 4096 -> 256
 predictor              same shape, 256-4096-256          same
 target network         its own random initialisation     its own random initialisation
-                       (rng_target), then EMA            (drawn after the online one)
+                       (rng_target), then EMA            (drawn after the online one);
+                                                         ``target_from_online``: a copy
+                                                         of the online one (no profile's)
 target momentum tau    0.99 -> 1, cosine                 0.99 -> 1, cosine
 loss                   mean(2 - 2 cos) of each           same
                        direction, the two summed
@@ -60,6 +62,9 @@ Deviations and why
   which only checks that the pipeline runs, stays within seconds.
 * ``standard`` profile (a 13-epoch schedule on the 64 px phantom): ``lars_eta`` 0.02, ``base_lr`` 1.0,
   ``weight_decay`` 1e-5, ``crop_scale`` 0.2-1 (solo-learn's CIFAR BYOL recipe), warm-up 1 epoch.
+* ``target_from_online`` (an investigation knob, no profile's): the target starts as a copy of
+  the online network, as solo-learn and lightly start it. Tried because BYOL's features collapse
+  on the phantom in the ``standard`` profile (README, "Why BYOL did not learn"); it did not help.
 """
 
 from __future__ import annotations
@@ -94,6 +99,10 @@ class BYOLHyperparameters:
     warmup_epochs: float = 10.0
     final_lr_fraction: float = 0.0
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    # official: False (the target has its own random initialisation); True starts it as a copy
+    # of the online network, as solo-learn and lightly do (the BYOL code's comment: no
+    # significant difference either way, over ImageNet-length schedules)
+    target_from_online: bool = False
 
 
 def byol_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> ProjectionHead:
@@ -123,6 +132,9 @@ class BYOL(Method):
         # copied from the online network; from then on it only follows it by EMA
         self.target_encoder = resnet_encoder(self.backbone, zero_init_residual=self.zero_init_residual)
         self.target_projection_head = byol_mlp(self.feature_dim, hp.hidden_dim, hp.projection_dim)
+        if hp.target_from_online:
+            self.target_encoder.load_state_dict(self.encoder.state_dict())
+            self.target_projection_head.load_state_dict(self.projection_head.state_dict())
         deactivate_requires_grad(self.target_encoder)
         deactivate_requires_grad(self.target_projection_head)
         self.target_momentum = hp.base_momentum

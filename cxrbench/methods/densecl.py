@@ -149,6 +149,10 @@ class DenseCL(Method):
     def __init__(self, hyperparameters: DenseCLHyperparameters | None = None, backbone: str | None = None):
         super().__init__(hyperparameters, backbone)
         hp = self.hparams
+        asked = [name for name in ("head_batch_norm", "symmetric_loss") if getattr(hp, name)]
+        if asked:  # MoCo v2's investigation knobs, which DenseCL's heads and loss do not have
+            raise ValueError(f"densecl: {', '.join(asked)} is MoCo v2's setting only (DenseCL's global head has no "
+                             f"BatchNorm and its loss is one-directional); leave it false")
         self.global_head = MoCoProjectionHead(self.feature_dim, self.feature_dim, hp.projection_dim)
         kaiming_init_linears(self.global_head)
         self.dense_head = DenseHead(self.feature_dim, self.feature_dim, hp.projection_dim)

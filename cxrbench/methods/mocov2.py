@@ -23,7 +23,7 @@ head                   2048-2048-128         512-512-128
 queue size K           65,536                65,536
 momentum m             0.999                 0.999
 temperature            0.2                   0.2
-optimiser              SGD, momentum 0.9     same
+optimiser              SGD, momentum 0.9     same (``optimizer: lars``: LARS, no profile's)
 lr (batch 256)         0.03 (x batch/256)    0.03 (x batch/256)
 weight decay           1e-4                  1e-4
 schedule               cosine to 0 set once per epoch, no warm-up (official and ours;
@@ -63,7 +63,11 @@ Deviations and why
 * ``head_batch_norm`` (BatchNorm after each layer of the head, as in MoCo v3) is no profile's setting: it was
   tried because the official head collapses on this phantom (README, "Why MoCo v2 did not learn")
   and it did not make MoCo v2 learn there; nor did a 3-epoch warm-up (``warmup_epochs``, also no
-  profile's).
+  profile's), nor MoCo v3's optimiser for ResNets with its BatchNorm head and a warm-up
+  (``optimizer: lars``, ``lars_eta`` 0.02 as SimCLR's here; no profile's), nor twice the epochs.
+* ``symmetric_loss`` (no profile's): both directions, each with a queue of its own, as
+  solo-learn's MoCo v2+ and MoCo v3 compute it; the official loss is one-directional. Tried
+  because, of what separates MoCo v2 from SimCLR here, the loss was left (README).
 """
 
 from __future__ import annotations
@@ -76,7 +80,8 @@ from lightly.models.modules.heads import MoCoProjectionHead
 
 from cxrbench.methods.augment import ViewRecipe, augment
 from cxrbench.methods.backbone import to_model_input
-from cxrbench.methods.base import Method
+from cxrbench.methods.base import Method, split_weight_decay
+from cxrbench.methods.lars import LARS
 from cxrbench.methods.momentum import momentum_copy, shuffle_bn_forward, update_momentum
 from cxrbench.methods.registry import register_method
 
@@ -96,15 +101,32 @@ class MoCoV2Hyperparameters:
     warmup_epochs: float = 0.0
     # BatchNorm after each layer of the projection head, as in MoCo v3 (v2's official head has none)
     head_batch_norm: bool = False
+    # official: "sgd"; "lars" (an investigation knob, no profile's) is MoCo v3's optimiser for
+    # ResNets, in SimCLR's form: biases and norms neither decayed nor adapted, trust ``lars_eta``
+    optimizer: str = "sgd"
+    lars_eta: float = 0.02
+    # official: False (one direction: view 1's query against view 2's key); True (an investigation
+    # knob, no profile's) adds view 2's query against view 1's key, each direction with a queue of
+    # its own (solo-learn's MoCo v2+, MoCo v3), the two losses averaged
+    symmetric_loss: bool = False
 
 
-def moco_sgd(method, batch_size: int) -> torch.optim.SGD:
+MOCO_OPTIMIZERS = ("sgd", "lars")
+
+
+def moco_sgd(method, batch_size: int) -> torch.optim.Optimizer:
     """MoCo's optimiser (also DenseCL's): SGD over every trainable parameter, weight decay on
-    all of them, lr = base_lr x batch / 256. Momentum copies have no gradient and are left out."""
+    all of them, lr = base_lr x batch / 256. Momentum copies have no gradient and are left out.
+    With ``optimizer: lars``, LARS over the same parameters instead (see the hyperparameter)."""
     hp = method.hparams
+    lr = hp.base_lr * batch_size / 256
+    if hp.optimizer == "lars":
+        return LARS(split_weight_decay(method, hp.weight_decay), lr=lr, momentum=hp.sgd_momentum,
+                    weight_decay=hp.weight_decay, trust_coefficient=hp.lars_eta)
+    if hp.optimizer != "sgd":
+        raise ValueError(f"{method.name}: optimizer {hp.optimizer!r}: expected one of {', '.join(MOCO_OPTIMIZERS)}")
     trainable = [p for p in method.parameters() if p.requires_grad]
-    return torch.optim.SGD(trainable, lr=hp.base_lr * batch_size / 256, momentum=hp.sgd_momentum,
-                           weight_decay=hp.weight_decay)
+    return torch.optim.SGD(trainable, lr=lr, momentum=hp.sgd_momentum, weight_decay=hp.weight_decay)
 
 
 @register_method("mocov2")
@@ -123,6 +145,11 @@ class MoCoV2(Method):
         self.key_projection_head = momentum_copy(self.projection_head)
         self.criterion = NTXentLoss(temperature=hp.temperature, memory_bank_size=(hp.queue_size, hp.projection_dim),
                                     gather_distributed=True)
+        if hp.symmetric_loss:
+            # a queue of its own: in one shared queue, view 1's keys of this batch would be
+            # negatives of view 1's queries of the same images in the second direction
+            self.reverse_criterion = NTXentLoss(temperature=hp.temperature, gather_distributed=True,
+                                                memory_bank_size=(hp.queue_size, hp.projection_dim))
         self.view = ViewRecipe(crop_scale=hp.crop_scale, blur_probability=0.5)
 
     def make_views(self, images, generator=None):
@@ -131,12 +158,17 @@ class MoCoV2(Method):
     def _key(self, images: torch.Tensor) -> torch.Tensor:
         return self.key_projection_head(self.key_encoder(images))
 
+    def _direction(self, criterion, query_view: torch.Tensor, key_view: torch.Tensor) -> torch.Tensor:
+        query = self.projection_head(self.encoder(to_model_input(query_view)))
+        key = shuffle_bn_forward(self._key, to_model_input(key_view), self.hparams.shuffle_bn_splits)
+        # query against its key and the queue; the loss enqueues the keys after using the queue
+        return criterion(query, key.detach())
+
     def training_step(self, views):
-        query = self.projection_head(self.encoder(to_model_input(views[0])))
-        key = shuffle_bn_forward(self._key, to_model_input(views[1]), self.hparams.shuffle_bn_splits)
-        # one direction, as the official code: query against its key and the queue; the
-        # loss enqueues the keys after using the queue
-        loss = self.criterion(query, key.detach())
+        # one direction, as the official code, unless symmetric_loss
+        loss = self._direction(self.criterion, views[0], views[1])
+        if self.hparams.symmetric_loss:
+            loss = (loss + self._direction(self.reverse_criterion, views[1], views[0])) / 2
         return loss, {"loss": loss.item()}
 
     def after_optimizer_step(self, progress):

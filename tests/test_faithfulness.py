@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.benchmark.cli import main
-from cxrbench.benchmark.pretraining.schedule import learning_rate_factor, schedule_step
+from cxrbench.benchmark.pretraining.schedule import learning_rate_factor, rate_factor, schedule_step
 from cxrbench.benchmark.profiles import available_profiles, load_profile, method_hyperparameters
 from cxrbench.methods import get_method
 from cxrbench.methods.backbone import to_model_input
@@ -189,6 +189,19 @@ def test_warm_up_starts_at_rate_zero_as_the_official_code():
     assert learning_rate_factor(5, 100, 10, 0.0) == pytest.approx(0.5)
     assert learning_rate_factor(10, 100, 10, 0.0) == pytest.approx(1.0)
     assert learning_rate_factor(100, 100, 10, 0.001) == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("unit", ["step", "epoch"])
+def test_a_warm_up_rises_every_step_in_either_unit_and_the_cosine_keeps_the_unit(unit):
+    """Epochs of 10 steps, 2 of warm-up, 6 in all: the rate rises 0, 0.05, ..., 0.95 over the first
+    20 steps (not 0 for a whole epoch, then a jump); after it, the cosine over the remaining 40 steps
+    is evaluated every step or at each epoch's first step."""
+    rates = [rate_factor(step, 10, unit, 60, 20, 0.0) for step in range(60)]
+    assert rates[:20] == pytest.approx([step / 20 for step in range(20)])
+    after = [0.5 * (1 + math.cos(math.pi * (step - 20) / 40)) for step in range(20, 60)]
+    if unit == "epoch":
+        after = [after[(step // 10) * 10] for step in range(40)]
+    assert rates[20:] == pytest.approx(after)
 
 
 @pytest.mark.parametrize("name, unit", [("simclr", "step"), ("byol", "step"), ("vicreg", "step"), ("optiml", "step"),

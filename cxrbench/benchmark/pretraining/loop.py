@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrbench.benchmark.pretraining.checkpoints import latest_checkpoint, save_checkpoint
-from cxrbench.benchmark.pretraining.schedule import learning_rate_factor, schedule_step
+from cxrbench.benchmark.pretraining.schedule import rate_factor
 from cxrbench.datasets.prepared import PreparedDataset
 from cxrbench.distributed import World, average_across_processes, barrier, convert_sync_batchnorm, gather_objects
 from cxrbench.distributed import world as current_world
@@ -301,8 +301,8 @@ class _PretrainingRun:
         step_started = time.perf_counter()
         _fault_injection(step)
         batch = self._next_batch()
-        self.factor = learning_rate_factor(schedule_step(step, self.steps_per_epoch, self.schedule.unit),
-                                           self.total_steps, self.warmup_steps, self.schedule.final_lr_fraction)
+        self.factor = rate_factor(step, self.steps_per_epoch, self.schedule.unit, self.total_steps, self.warmup_steps,
+                                  self.schedule.final_lr_fraction)
         for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
             group["lr"] = peak if group.get(FIXED_LR) else peak * self.factor
         # the views' random parameters come from the CPU generator wherever the views are made:

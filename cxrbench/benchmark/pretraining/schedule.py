@@ -30,3 +30,17 @@ def schedule_step(step: int, steps_per_epoch: int, unit: str) -> int:
         return (step // steps_per_epoch) * steps_per_epoch
     raise ValueError(f"lr_schedule_unit {unit!r}: expected 'step' or 'epoch'")
 
+
+
+def rate_factor(step: int, steps_per_epoch: int, unit: str, total_steps: int, warmup_steps: int, final_fraction: float) -> float:
+    """The multiplier the loop applies at ``step``: a warm-up, where there is one, rises every step
+    in either unit; after it, the cosine is evaluated at the method's unit.
+
+    Stepping the warm-up once per epoch would hold a whole first epoch at rate 0 (the first step's
+    official rate) and then jump, which is no warm-up at all. No official epoch-unit recipe here
+    has a warm-up; only investigation knobs (MoCo v2's ``warmup_epochs``) give them one.
+    """
+    if step < warmup_steps:
+        return learning_rate_factor(step, total_steps, warmup_steps, final_fraction)
+    return learning_rate_factor(max(schedule_step(step, steps_per_epoch, unit), warmup_steps), total_steps, warmup_steps,
+                                final_fraction)

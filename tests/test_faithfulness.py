@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.benchmark.cli import main
-from cxrbench.benchmark.pretraining.schedule import learning_rate_factor, rate_factor, schedule_step
+from cxrbench.benchmark.pretraining.schedule import learning_rate_factor, rate_factor
 from cxrbench.benchmark.profiles import available_profiles, load_profile, method_hyperparameters
 from cxrbench.methods import get_method
 from cxrbench.methods.backbone import to_model_input
@@ -202,6 +202,11 @@ def test_a_warm_up_rises_every_step_in_either_unit_and_the_cosine_keeps_the_unit
     if unit == "epoch":
         after = [after[(step // 10) * 10] for step in range(40)]
     assert rates[20:] == pytest.approx(after)
+    # a warm-up that ends within an epoch: the per-epoch cosine holds the peak until the next epoch
+    # starts, never falling back to the rate of that epoch's first step (10/15)
+    rates = [rate_factor(step, 10, "epoch", 60, 15, 0.0) for step in range(20)]
+    assert rates[:15] == pytest.approx([step / 15 for step in range(15)])
+    assert rates[15:20] == pytest.approx([1.0] * 5)
 
 
 @pytest.mark.parametrize("name, unit", [("simclr", "step"), ("byol", "step"), ("vicreg", "step"), ("optiml", "step"),
@@ -209,7 +214,7 @@ def test_a_warm_up_rises_every_step_in_either_unit_and_the_cosine_keeps_the_unit
 def test_each_method_steps_its_rate_as_its_official_code(name, unit):
     assert get_method(name).lr_schedule_unit == unit
     steps_per_epoch = 10
-    rates = [learning_rate_factor(schedule_step(step, steps_per_epoch, unit), 40, 0, 0.0) for step in range(40)]
+    rates = [rate_factor(step, steps_per_epoch, unit, 40, 0, 0.0) for step in range(40)]  # what the loop applies
     per_epoch = [rates[e * steps_per_epoch : (e + 1) * steps_per_epoch] for e in range(4)]
     if unit == "epoch":  # official SimSiam: lr * 0.5 (1 + cos(pi epoch / epochs)), constant within an epoch
         assert all(len(set(rates)) == 1 for rates in per_epoch)
@@ -337,13 +342,18 @@ def test_moco_optimizer_is_official_sgd_unless_lars_is_asked_for():
         assert type(sgd) is torch.optim.SGD and all(group["weight_decay"] == 1e-4 for group in sgd.param_groups)
         trainable = {id(p) for p in method.parameters() if p.requires_grad}
         assert {id(p) for group in sgd.param_groups for p in group["params"]} == trainable
-        lars = get_method(name)(dataclasses.replace(method.hparams, optimizer="lars")).build_optimizer(64)
+        with_lars = get_method(name)(dataclasses.replace(method.hparams, optimizer="lars", lars_eta=0.02))
+        lars = with_lars.build_optimizer(64)
         assert isinstance(lars, LARS)
         decayed, excluded = lars.param_groups
         assert decayed["weight_decay"] == 1e-4 and all(p.ndim > 1 for p in decayed["params"])
         assert excluded["weight_decay"] == 0.0 and all(p.ndim <= 1 for p in excluded["params"])
-        with pytest.raises(ValueError, match="optimizer 'adam'"):
-            get_method(name)(dataclasses.replace(method.hparams, optimizer="adam")).build_optimizer(64)
+        assert all(group["trust_coefficient"] == 0.02 for group in lars.param_groups)
+        # every trainable parameter once, and no momentum copy
+        assert {id(p) for group in lars.param_groups for p in group["params"]} == {id(p) for p in with_lars.parameters() if p.requires_grad}
+        # refused when the method is made, before any pretraining, with the value and the choices
+        with pytest.raises(ValueError, match=f"^{name}: optimizer 'adam': expected one of sgd, lars$"):
+            get_method(name)(dataclasses.replace(method.hparams, optimizer="adam"))
 
 
 def test_byol_target_starts_on_its_own_unless_copied():

@@ -142,8 +142,9 @@ def test_symmetric_moco_loss_averages_both_directions_each_against_its_own_queue
     torch.testing.assert_close(banks[0].bank[:4], keys[1])
     torch.testing.assert_close(banks[1].bank[:4], keys[0])
     assert not hasattr(build("mocov2"), "reverse_criterion")  # official: one direction, one queue
-    with pytest.raises(ValueError, match="densecl: symmetric_loss is MoCo v2's setting only"):
-        build("densecl", symmetric_loss=True)
+    for knob in ("symmetric_loss", "head_batch_norm"):  # MoCo v2's only: refused, not ignored, by DenseCL
+        with pytest.raises(ValueError, match=f"^densecl: {knob} true: expected false"):
+            build("densecl", **{knob: True})
 
 
 def test_densecl_queues_advance_after_a_step():

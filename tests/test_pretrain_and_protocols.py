@@ -131,3 +131,16 @@ def test_finetune_stops_after_patience_evaluations_without_improvement(smoke_nih
     config = dict(smoke_profile["evaluation"]["finetune"], max_steps=12, eval_every=1, patience=2)
     result = PROTOCOLS["finetune"].run(state, smoke_nih, 100, 0, config, torch.device("cpu"))
     assert result.selection["step"] == 1 and result.selection["steps_run"] == 3  # stopped two evaluations later
+
+
+def test_the_loop_warms_an_epoch_unit_method_up_every_step(smoke_nih):
+    """MoCo v2 sets its cosine once per epoch; a warm-up (its investigation knob) must still rise
+    every step in the loop: 0, 1/E, 2/E, ... of the peak over the first epoch of E steps, not a whole
+    epoch at rate 0."""
+    cls = get_method("mocov2")
+    method = cls(cls.resolve_hyperparameters({"queue_size": 16, "warmup_epochs": 1}))
+    steps_per_epoch = len(smoke_nih.split_positions("train")) // 8
+    assert steps_per_epoch >= 4
+    result = pretrain(method, smoke_nih, batch_size=8, epochs=2, max_steps=4, seed=0, device=torch.device("cpu"))
+    peak = method.hparams.base_lr * 8 / 256
+    assert [entry["lr"] for entry in result.step_history] == pytest.approx([peak * step / steps_per_epoch for step in range(4)])

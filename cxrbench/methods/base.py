@@ -9,7 +9,7 @@ The runner never branches on a method's name. It asks a method for
   param group's peak learning rate; the loop moves every group's rate by ``lr_schedule()``
   (linear warm-up, then cosine), except a group marked ``FIXED_LR``;
 * ``lr_schedule()``       that schedule: warm-up epochs, the cosine's final fraction of the peak,
-  and whether the rate moves every step or once per epoch;
+  and whether the cosine moves every step or once per epoch (a warm-up rises every step);
 * ``after_optimizer_step(progress)``  hooks such as momentum-encoder updates;
 * ``encoder``             the torchvision ResNet trunk it trains and exports (``backbone``:
   ResNet-18 by default, the paper's; ResNet-50 with ``model.backbone``), whose pooled width
@@ -54,8 +54,9 @@ FIXED_LR = "fixed_lr"
 
 @dataclasses.dataclass(frozen=True)
 class LrSchedule:
-    """Linear warm-up from 0 over ``warmup_epochs``, then cosine decay to ``final_lr_fraction`` of
-    the peak; evaluated every step, or at each epoch's first step (``unit="epoch"``)."""
+    """Linear warm-up from 0 over ``warmup_epochs``, rising every step, then cosine decay to
+    ``final_lr_fraction`` of the peak, evaluated every step or at each epoch's first step
+    (``unit="epoch"``)."""
 
     warmup_epochs: float = 0.0
     final_lr_fraction: float = 0.0

@@ -69,6 +69,9 @@ Deviations and why
 * ``standard`` profile (a 13-epoch schedule on the 64 px phantom): as MoCo v2's, ``base_lr`` 0.3,
   ``queue_size`` 1,024 (both queues; shorter than the 3,725 training images, for MoCo v2's reason)
   and ``momentum`` 0.99.
+* MoCo v2's investigation knobs (no profile's): ``warmup_epochs`` and ``optimizer: lars`` (with
+  ``lars_eta``) apply to DenseCL as to MoCo v2; ``head_batch_norm`` and ``symmetric_loss`` have no
+  DenseCL counterpart and are refused when the method is made.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ from torch import nn
 from cxrbench.methods.augment import ViewRecipe, augment
 from cxrbench.methods.backbone import dense_features, to_model_input
 from cxrbench.methods.base import Method
-from cxrbench.methods.mocov2 import MoCoV2Hyperparameters, moco_sgd
+from cxrbench.methods.mocov2 import MoCoV2Hyperparameters, check_moco_optimizer, moco_optimizer
 from cxrbench.methods.momentum import momentum_copy, shuffle_bn_forward, update_momentum
 from cxrbench.methods.registry import register_method
 
@@ -149,10 +152,11 @@ class DenseCL(Method):
     def __init__(self, hyperparameters: DenseCLHyperparameters | None = None, backbone: str | None = None):
         super().__init__(hyperparameters, backbone)
         hp = self.hparams
-        asked = [name for name in ("head_batch_norm", "symmetric_loss") if getattr(hp, name)]
-        if asked:  # MoCo v2's investigation knobs, which DenseCL's heads and loss do not have
-            raise ValueError(f"densecl: {', '.join(asked)} is MoCo v2's setting only (DenseCL's global head has no "
-                             f"BatchNorm and its loss is one-directional); leave it false")
+        check_moco_optimizer(self.name, hp)
+        for knob in ("head_batch_norm", "symmetric_loss"):  # MoCo v2's investigation knobs: no DenseCL head or loss has them
+            if getattr(hp, knob):
+                raise ValueError(f"densecl: {knob} true: expected false (MoCo v2's setting only: DenseCL's global head "
+                                 f"has no BatchNorm and its loss is one-directional)")
         self.global_head = MoCoProjectionHead(self.feature_dim, self.feature_dim, hp.projection_dim)
         kaiming_init_linears(self.global_head)
         self.dense_head = DenseHead(self.feature_dim, self.feature_dim, hp.projection_dim)
@@ -205,4 +209,4 @@ class DenseCL(Method):
         update_momentum(self.dense_head, self.key_dense_head, m)
 
     def build_optimizer(self, batch_size):
-        return moco_sgd(self, batch_size)
+        return moco_optimizer(self, batch_size)

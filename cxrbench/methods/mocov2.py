@@ -63,13 +63,13 @@ Deviations and why
 * ``head_batch_norm`` (BatchNorm after each layer of the head, as in MoCo v3) is no profile's setting: it was
   tried because the official head collapses on this phantom (README, "Why MoCo v2 did not learn")
   and it did not make MoCo v2 learn there; nor did a 3-epoch warm-up (``warmup_epochs``, also no
-  profile's), nor twice the epochs; MoCo v3's optimiser for ResNets with its BatchNorm head and a
+  profile's; measured when a warm-up was still stepped once per epoch, its first epoch at rate 0), nor twice the epochs; MoCo v3's optimiser for ResNets with its BatchNorm head and a
   warm-up (``optimizer: lars``, ``lars_eta`` 0.02 as SimCLR's here; no profile's) only starts it.
   It learns here once, on top of those, the loss is symmetric and the queue holds 128 keys (with
   the key encoder's momentum 0 or 0.99; README, "Why MoCo v2 did not learn"): then it is no
   longer MoCo v2.
 * ``symmetric_loss`` (no profile's): both directions, each with a queue of its own, as
-  solo-learn's MoCo v2+ and MoCo v3 compute it; the official loss is one-directional. Tried
+  solo-learn's MoCo v2+ computes it (MoCo v3's loss is symmetric too, without a queue); the official loss is one-directional. Tried
   because, of what separates MoCo v2 from SimCLR here, the loss was left (README).
 """
 
@@ -100,7 +100,7 @@ class MoCoV2Hyperparameters:
     sgd_momentum: float = 0.9
     shuffle_bn_splits: int = 2
     crop_scale: tuple[float, float] = (0.2, 1.0)
-    # linear warm-up from 0 (official: none); with the per-epoch schedule each epoch's rate is set at its first step
+    # linear warm-up from 0 (official: none), rising every step; after it the cosine is set once per epoch
     warmup_epochs: float = 0.0
     # BatchNorm after each layer of the projection head, as in MoCo v3 (v2's official head has none)
     head_batch_norm: bool = False
@@ -110,14 +110,22 @@ class MoCoV2Hyperparameters:
     lars_eta: float = 0.02
     # official: False (one direction: view 1's query against view 2's key); True (an investigation
     # knob, no profile's) adds view 2's query against view 1's key, each direction with a queue of
-    # its own (solo-learn's MoCo v2+, MoCo v3), the two losses averaged
+    # its own (solo-learn's MoCo v2+; MoCo v3's loss is symmetric too, with in-batch keys and no
+    # queue), the two losses averaged
     symmetric_loss: bool = False
 
 
 MOCO_OPTIMIZERS = ("sgd", "lars")
 
 
-def moco_sgd(method, batch_size: int) -> torch.optim.Optimizer:
+def check_moco_optimizer(name: str, hyperparameters) -> None:
+    """A MoCo-family method's ``optimizer`` must be one it can build: refused when the method is
+    made, before any pretraining starts."""
+    if hyperparameters.optimizer not in MOCO_OPTIMIZERS:
+        raise ValueError(f"{name}: optimizer {hyperparameters.optimizer!r}: expected one of {', '.join(MOCO_OPTIMIZERS)}")
+
+
+def moco_optimizer(method, batch_size: int) -> torch.optim.Optimizer:
     """MoCo's optimiser (also DenseCL's): SGD over every trainable parameter, weight decay on
     all of them, lr = base_lr x batch / 256. Momentum copies have no gradient and are left out.
     With ``optimizer: lars``, LARS over the same parameters instead (see the hyperparameter)."""
@@ -126,8 +134,6 @@ def moco_sgd(method, batch_size: int) -> torch.optim.Optimizer:
     if hp.optimizer == "lars":
         return LARS(split_weight_decay(method, hp.weight_decay), lr=lr, momentum=hp.sgd_momentum,
                     weight_decay=hp.weight_decay, trust_coefficient=hp.lars_eta)
-    if hp.optimizer != "sgd":
-        raise ValueError(f"{method.name}: optimizer {hp.optimizer!r}: expected one of {', '.join(MOCO_OPTIMIZERS)}")
     trainable = [p for p in method.parameters() if p.requires_grad]
     return torch.optim.SGD(trainable, lr=lr, momentum=hp.sgd_momentum, weight_decay=hp.weight_decay)
 
@@ -142,6 +148,7 @@ class MoCoV2(Method):
     def __init__(self, hyperparameters: MoCoV2Hyperparameters | None = None, backbone: str | None = None):
         super().__init__(hyperparameters, backbone)
         hp = self.hparams
+        check_moco_optimizer(self.name, hp)
         self.projection_head = MoCoProjectionHead(self.feature_dim, self.feature_dim, hp.projection_dim,
                                                   batch_norm=hp.head_batch_norm)
         self.key_encoder = momentum_copy(self.encoder)
@@ -149,8 +156,8 @@ class MoCoV2(Method):
         self.criterion = NTXentLoss(temperature=hp.temperature, memory_bank_size=(hp.queue_size, hp.projection_dim),
                                     gather_distributed=True)
         if hp.symmetric_loss:
-            # a queue of its own: in one shared queue, view 1's keys of this batch would be
-            # negatives of view 1's queries of the same images in the second direction
+            # a queue of its own: in one shared queue, the first direction's keys (view 2's, of
+            # this batch) would be negatives of view 2's queries of the same images in the second
             self.reverse_criterion = NTXentLoss(temperature=hp.temperature, gather_distributed=True,
                                                 memory_bank_size=(hp.queue_size, hp.projection_dim))
         self.view = ViewRecipe(crop_scale=hp.crop_scale, blur_probability=0.5)
@@ -179,4 +186,4 @@ class MoCoV2(Method):
         update_momentum(self.projection_head, self.key_projection_head, self.hparams.momentum)
 
     def build_optimizer(self, batch_size):
-        return moco_sgd(self, batch_size)
+        return moco_optimizer(self, batch_size)

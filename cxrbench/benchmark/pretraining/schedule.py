@@ -1,7 +1,8 @@
 """The learning-rate schedule of the pretraining loop: linear warm-up, then cosine decay.
 
 It is the schedule the SimCLR/BYOL/VICReg reference code shares, stepped per iteration, or per
-epoch for the methods whose official code sets the rate once per epoch (SimSiam, PCRLv2).
+epoch for the methods whose official code sets the rate once per epoch (SimSiam, PCRLv2, MoCo v2,
+DenseCL); a warm-up, where a method has one, rises every step in either case (``rate_factor``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ def schedule_step(step: int, steps_per_epoch: int, unit: str) -> int:
     if unit == "epoch":
         return (step // steps_per_epoch) * steps_per_epoch
     raise ValueError(f"lr_schedule_unit {unit!r}: expected 'step' or 'epoch'")
-
 
 
 def rate_factor(step: int, steps_per_epoch: int, unit: str, total_steps: int, warmup_steps: int, final_fraction: float) -> float:

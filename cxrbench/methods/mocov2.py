@@ -66,8 +66,8 @@ Deviations and why
   profile's; measured when a warm-up was still stepped once per epoch, its first epoch at rate 0), nor twice the epochs; MoCo v3's optimiser for ResNets with its BatchNorm head and a
   warm-up (``optimizer: lars``, ``lars_eta`` 0.02 as SimCLR's here; no profile's) only starts it.
   It learns here once, on top of those, the loss is symmetric and the queue holds 128 keys (with
-  the key encoder's momentum 0 or 0.99; README, "Why MoCo v2 did not learn"): then it is no
-  longer MoCo v2.
+  the key encoder's momentum 0 or 0.99; either change without the other was not enough; README,
+  "Why MoCo v2 did not learn"): then it is no longer MoCo v2.
 * ``symmetric_loss`` (no profile's): both directions, each with a queue of its own, as
   solo-learn's MoCo v2+ computes it (MoCo v3's loss is symmetric too, without a queue); the official loss is one-directional. Tried
   because, of what separates MoCo v2 from SimCLR here, the loss was left (README).

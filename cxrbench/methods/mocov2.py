@@ -63,14 +63,16 @@ Deviations and why
 * ``head_batch_norm`` (BatchNorm after each layer of the head, as in MoCo v3) is no profile's setting: it was
   tried because the official head collapses on this phantom (README, "Why MoCo v2 did not learn")
   and it did not make MoCo v2 learn there; nor did a 3-epoch warm-up (``warmup_epochs``, also no
-  profile's; measured when a warm-up was still stepped once per epoch, its first epoch at rate 0), nor twice the epochs; MoCo v3's optimiser for ResNets with its BatchNorm head and a
-  warm-up (``optimizer: lars``, ``lars_eta`` 0.02 as SimCLR's here; no profile's) only starts it.
+  profile's; measured when a warm-up was still stepped once per epoch, its first epoch at rate
+  0), nor twice the epochs; MoCo v3's optimiser for ResNets with its BatchNorm head and a warm-up
+  (``optimizer: lars``, ``lars_eta`` 0.02 as SimCLR's here; no profile's) only starts it.
   It learns here once, on top of those, the loss is symmetric and the queue holds 128 keys (with
   the key encoder's momentum 0 or 0.99; either change without the other was not enough; README,
   "Why MoCo v2 did not learn"): then it is no longer MoCo v2.
 * ``symmetric_loss`` (no profile's): both directions, each with a queue of its own, as
-  solo-learn's MoCo v2+ computes it (MoCo v3's loss is symmetric too, without a queue); the official loss is one-directional. Tried
-  because, of what separates MoCo v2 from SimCLR here, the loss was left (README).
+  solo-learn's MoCo v2+ computes it (MoCo v3's loss is symmetric too, without a queue); the
+  official loss is one-directional. Tried because, of what separates MoCo v2 from SimCLR here,
+  the loss was left (README).
 """
 
 from __future__ import annotations

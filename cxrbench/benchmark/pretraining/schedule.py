@@ -40,7 +40,5 @@ def rate_factor(step: int, steps_per_epoch: int, unit: str, total_steps: int, wa
     official rate) and then jump, which is no warm-up at all. No official epoch-unit recipe here
     has a warm-up; only investigation knobs (MoCo v2's ``warmup_epochs``) give them one.
     """
-    if step < warmup_steps:
-        return learning_rate_factor(step, total_steps, warmup_steps, final_fraction)
-    return learning_rate_factor(max(schedule_step(step, steps_per_epoch, unit), warmup_steps), total_steps, warmup_steps,
-                                final_fraction)
+    at = step if step < warmup_steps else max(schedule_step(step, steps_per_epoch, unit), warmup_steps)
+    return learning_rate_factor(at, total_steps, warmup_steps, final_fraction)

@@ -87,6 +87,15 @@ def test_every_subcommand_has_help():
         assert result.returncode == 0 and "usage: bench" in result.stdout
 
 
+def test_run_help_names_every_profile():
+    from cxrbench.benchmark.cli import build_parser
+    from cxrbench.benchmark.profiles import available_profiles
+
+    run = next(action for action in build_parser()._subparsers._group_actions[0].choices["run"]._actions
+               if "--profile" in action.option_strings)
+    assert all(name in run.help for name in available_profiles())
+
+
 def test_list_shows_methods_with_origin(capsys):
     code, stdout, _ = run_cli(capsys, "list", "methods")
     assert code == 0

@@ -760,7 +760,7 @@ def _add_run(commands) -> None:
                           "(resnet18, the paper's). An --encoder row keeps its file's trunk")
     run.add_argument("--fractions", help="label fractions in percent, e.g. 1,10,100; default: the profile's")
     run.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1; default: the profile's")
-    run.add_argument("--profile", default="quick", help="smoke, quick or paper (see `bench list profiles`); default: quick")
+    run.add_argument("--profile", default="quick", help="smoke, quick, standard or paper (see `bench list profiles`); default: quick")
     run.add_argument("--out", help="directory for the run records; default: results/PROFILE")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N; default: auto")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",

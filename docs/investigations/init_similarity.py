@@ -3,8 +3,9 @@
 A contrastive loss learns from the gap between a view's similarity to its positive and to
 other images. This script takes 64 phantom-nih training images, makes each method's two
 views, and prints (at initialisation, seed 0) the mean cosine similarity of the projections of
-the two views of one image (positive) and of different images (others), and of the pooled
-encoder features of different images. Used to find why MoCo v2 did not learn under `standard`
+the two views of one image (positive) and of different images (others), how often a view's
+nearest projection is its own image's other view (positive retrieved; chance 1/64), and of the
+pooled encoder features of different images. Used to find why MoCo v2 did not learn under `standard`
 (README, "Does any method learn?"):
 
     python docs/investigations/init_similarity.py --methods mocov2,simclr
@@ -40,8 +41,10 @@ def main():
             projections = [F.normalize(head(f), dim=1) for f in features]
             similarity = projections[0] @ projections[1].T
             feature_similarity = F.normalize(features[0], dim=1) @ F.normalize(features[1], dim=1).T
-        print(f"{name}: projections cos positive {similarity.diag().mean():.4f}, other images {similarity[others].mean():.4f}; "
-              f"pooled features cos, other images {feature_similarity[others].mean():.4f}")
+        # how often a view's nearest projection among the 64 is its own image's other view (chance 1/64)
+        retrieved = (similarity.argmax(dim=1) == torch.arange(len(images))).float().mean()
+        print(f"{name}: projections cos positive {similarity.diag().mean():.4f}, other images {similarity[others].mean():.4f}, "
+              f"positive retrieved {retrieved:.3f}; pooled features cos, other images {feature_similarity[others].mean():.4f}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ class _WiderDraws:
         return self._rng.normal(loc, self._spread * scale, size)
 
     def uniform(self, low=0.0, high=1.0, size=None):
-        if (low, high) == (0.85, 1.15):  # tissue density: the one uniform that is anatomy, not an angle or a phase
+        # tissue density: the one uniform that is anatomy, not an angle or a phase (at spread 1 the
+        # bounds are passed as they are, so that the draws equal the built-in ones to the last bit)
+        if (low, high) == (0.85, 1.15) and self._spread != 1:
             centre, half = (low + high) / 2, (high - low) / 2 * self._spread
             return self._rng.uniform(centre - half, centre + half, size)
         return self._rng.uniform(low, high, size)

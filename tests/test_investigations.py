@@ -17,23 +17,33 @@ def load_script(name):
     return module
 
 
-def patients(draws, count=300):
-    return [phantom._sample_patient(draws(np.random.default_rng(seed)), phantom.NIH_LIKE) for seed in range(count)]
+def patients(sample, count=300):
+    return [sample(np.random.default_rng(seed), phantom.NIH_LIKE) for seed in range(count)]
 
 
-def test_wider_phantom_at_spread_1_draws_the_built_in_patients():
+def rendered(site, patients_count=6):
+    return [(pid, index, image.pixels.tobytes(), image.boxes)
+            for pid, index, image in phantom.generate_site(site, patients_count, 64, seed=0)]
+
+
+def test_wider_phantom_at_spread_1_renders_the_built_in_images(monkeypatch):
     wider = load_script("wider_phantom")
-    built_in = patients(lambda rng: rng)
-    same = patients(lambda rng: wider._WiderDraws(rng, 1.0))
-    assert built_in == same
+    built_in, built_in_sampler = rendered(phantom.NIH_LIKE), phantom._sample_patient
+    monkeypatch.setattr(phantom, "GENERATOR_VERSION", phantom.GENERATOR_VERSION)  # restored after the test
+    monkeypatch.setattr(phantom, "_sample_patient", phantom._sample_patient)
+    wider.widen_phantom(1.0)
+    assert str(phantom.GENERATOR_VERSION).endswith("-spread1")  # cached apart from the built-in phantom
+    assert rendered(phantom.NIH_LIKE) == built_in
+    assert patients(phantom._sample_patient) == patients(built_in_sampler)  # not just equal after rounding
 
 
-def test_wider_phantom_multiplies_the_anatomy_spread_and_keeps_the_rest():
+def test_wider_phantom_multiplies_each_normal_anatomy_draw_and_keeps_the_phases():
     wider = load_script("wider_phantom")
-    built_in = patients(lambda rng: rng)
-    wide = patients(lambda rng: wider._WiderDraws(rng, 3.0))
-    spread = lambda group, field: np.std([getattr(p, field) for p in group])  # noqa: E731
-    assert 2.7 < spread(wide, "lung_centre_y") / spread(built_in, "lung_centre_y") < 3.3
-    assert 2.5 < spread(wide, "tissue_density") / spread(built_in, "tissue_density") < 3.5
-    # angles and phases are not anatomy spread: drawn as before, from the same stream
+    built_in = patients(phantom._sample_patient)
+    wide = patients(wider.wider_sampler(3.0))
+    # the same stream: every normal deviation from its mean is three times the built-in one
+    deviation = lambda group: np.array([p.lung_centre_y - 0.46 for p in group])  # noqa: E731
+    np.testing.assert_allclose(deviation(wide), 3 * deviation(built_in), rtol=1e-9)
+    density = lambda group: np.array([p.tissue_density - 1.0 for p in group])  # noqa: E731
+    np.testing.assert_allclose(density(wide), np.clip(3 * density(built_in), -0.5, 0.5), atol=1e-9)
     assert [p.rib_phase for p in wide] == [p.rib_phase for p in built_in]

@@ -3,9 +3,9 @@
 A contrastive loss learns from the gap between a view's similarity to its positive and to
 other images. This script takes 64 phantom-nih training images, makes each method's two
 views, and prints (at initialisation, seed 0) the mean cosine similarity of the projections of
-the two views of one image (positive) and of different images (others), how often a view's
-nearest projection is its own image's other view (positive retrieved; chance 1/64), and of the
-pooled encoder features of different images. Used to find why MoCo v2 did not learn under `standard`
+the two views of one image (positive) and of different images (others), and of the pooled
+encoder features of different images; and how often a view's nearest projection is its own
+image's other view (positive retrieved; chance 1/64). Used to find why MoCo v2 did not learn under `standard`
 (README, "Does any method learn?"):
 
     python docs/investigations/init_similarity.py --methods mocov2,simclr

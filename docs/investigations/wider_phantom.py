@@ -3,28 +3,30 @@
 Why MoCo v2 (and BYOL, SimSiam) might not learn under `standard`: the phantom's patients
 differ little (anatomy drawn with standard deviations of 1-2 % of the image width) next to
 what the views' crops and intensity jitter change, so at initialisation a view's nearest
-neighbour is almost never its own image's other view. This wrapper draws every patient-level
-anatomy value of the phantom (`phantom._sample_patient`) with ``--spread`` times its standard
-deviation (and the tissue density's range widened alike), clips the lung size to a sane range,
-generates that phantom into its own cache folder (~/.cache/cxrbench-spreadK; the built-in
-phantom's cache is not touched) and runs
-the given script in this process:
+neighbour is almost never its own image's other view. This wrapper draws the phantom's
+patients (`phantom._sample_patient`) with ``--spread`` times the standard deviation of every
+normal draw (the geometry of lungs, heart position, diaphragm, clavicle, ribs' spacing) and
+``--spread`` times the tissue density's range; the lungs' size is clipped to a sane range, the
+heart's width keeps the generator's own clip (so it widens less), and uniform draws of angles,
+phases, rib curvature and heart aspect stay as they are. The phantom gets a generator version
+of its own (``4-spread3``), so it is cached beside the built-in one and never mistaken for it.
+Then the given script runs in this process:
 
     python docs/investigations/wider_phantom.py --spread 3 docs/investigations/init_similarity.py --methods mocov2
     python docs/investigations/wider_phantom.py --spread 3 docs/investigations/learning_curve.py \\
         --method mocov2 --profile standard
 
-``--spread 1`` reproduces the built-in phantom exactly (same generator draws). A patch rather
-than a profile option: no profile uses it, and the generator's drawing order stays as it is.
+``--spread 1`` reproduces the built-in phantom exactly (the same draws; tests/test_investigations.py).
+A patch rather than a profile option: no profile uses it, and the generator stays as it is.
 """
 
 import argparse
-import os
 import runpy
 import sys
-from pathlib import Path
 
 import numpy as np
+
+from cxrbench.datasets import phantom
 
 
 class _WiderDraws:
@@ -48,33 +50,33 @@ class _WiderDraws:
         return getattr(self._rng, name)
 
 
-def widen_phantom(spread: float, cache: str) -> None:
-    os.environ["CXRBENCH_CACHE"] = cache  # before cxrbench reads it
-    from cxrbench.datasets import phantom
+def wider_sampler(spread: float, sample_patient=phantom._sample_patient):
+    """``phantom._sample_patient`` with ``spread`` times the patient-to-patient anatomy spread."""
 
-    # a generator version of its own, so that no cached phantom of another spread is reused
-    phantom.GENERATOR_VERSION = f"{phantom.GENERATOR_VERSION}-spread{spread:g}"
-    sample_patient = phantom._sample_patient
-
-    def wider_patient(rng, site):
+    def sample(rng, site):
         patient = sample_patient(_WiderDraws(rng, spread), site)
-        patient.lung_half_width = float(np.clip(patient.lung_half_width, 0.09, 0.19))
-        patient.lung_half_height = float(np.clip(patient.lung_half_height, 0.18, 0.36))
-        patient.tissue_density = float(np.clip(patient.tissue_density, 0.5, 1.5))
+        if spread != 1:  # at spread 1 the patient is the built-in one, clipped or not
+            patient.lung_half_width = float(np.clip(patient.lung_half_width, 0.09, 0.19))
+            patient.lung_half_height = float(np.clip(patient.lung_half_height, 0.18, 0.36))
+            patient.tissue_density = float(np.clip(patient.tissue_density, 0.5, 1.5))
         return patient
 
-    phantom._sample_patient = wider_patient
+    return sample
+
+
+def widen_phantom(spread: float) -> None:
+    """Patch the generator for this process: wider patients, under a version of their own."""
+    phantom.GENERATOR_VERSION = f"{phantom.GENERATOR_VERSION}-spread{spread:g}"
+    phantom._sample_patient = wider_sampler(spread, phantom._sample_patient)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spread", type=float, required=True, help="factor on the patient-level anatomy's spread (1: built-in)")
-    parser.add_argument("--cache", default=None, help="cache folder of the wider phantom; default: ~/.cache/cxrbench-spreadK")
     parser.add_argument("script", help="the investigation script to run")
     parser.add_argument("arguments", nargs=argparse.REMAINDER, help="its arguments")
     args = parser.parse_args()
-    cache = args.cache or str(Path.home() / ".cache" / f"cxrbench-spread{args.spread:g}")
-    widen_phantom(args.spread, cache)
+    widen_phantom(args.spread)
     sys.argv = [args.script, *args.arguments]
     runpy.run_path(args.script, run_name="__main__")
 

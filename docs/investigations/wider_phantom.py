@@ -38,14 +38,6 @@ class _WiderDraws:
     def normal(self, loc=0.0, scale=1.0, size=None):
         return self._rng.normal(loc, self._spread * scale, size)
 
-    def uniform(self, low=0.0, high=1.0, size=None):
-        # tissue density: the one uniform that is anatomy, not an angle or a phase (at spread 1 the
-        # bounds are passed as they are, so that the draws equal the built-in ones to the last bit)
-        if (low, high) == (0.85, 1.15) and self._spread != 1:
-            centre, half = (low + high) / 2, (high - low) / 2 * self._spread
-            return self._rng.uniform(centre - half, centre + half, size)
-        return self._rng.uniform(low, high, size)
-
     def __getattr__(self, name):
         return getattr(self._rng, name)
 
@@ -55,10 +47,12 @@ def wider_sampler(spread: float, sample_patient=phantom._sample_patient):
 
     def sample(rng, site):
         patient = sample_patient(_WiderDraws(rng, spread), site)
-        if spread != 1:  # at spread 1 the patient is the built-in one, clipped or not
+        if spread != 1:  # at spread 1 the patient is the built-in one to the last bit
+            # tissue density: the generator's uniform 0.85-1.15, widened about its centre (the
+            # same draw: uniform draws of angles and phases are left alone)
+            patient.tissue_density = 1.0 + spread * (patient.tissue_density - 1.0)
             patient.lung_half_width = float(np.clip(patient.lung_half_width, 0.09, 0.19))
             patient.lung_half_height = float(np.clip(patient.lung_half_height, 0.18, 0.36))
-            patient.tissue_density = float(np.clip(patient.tissue_density, 0.5, 1.5))
         return patient
 
     return sample

@@ -12,6 +12,7 @@ Backend: NCCL on GPUs, gloo on CPUs (the tests run 2 gloo processes on one CPU m
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -59,6 +60,24 @@ def init_from_environment(device: torch.device) -> tuple[World, torch.device]:
     # can take hours) finishes it; a rank that fails ends the others through torchrun
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=24))
     return world(), device
+
+
+@contextlib.contextmanager
+def process_group_from_environment(device: torch.device):
+    """``init_from_environment`` for a ``with`` block, which leaves the group it joined on the way out.
+
+    A gloo process that ends without ``destroy_process_group`` can abort at interpreter exit
+    (SIGABRT, "terminate called without an active exception": gloo's threads still hold
+    tensors while Python is torn down; pytorch/pytorch#190489), and torchrun then fails a run
+    whose records were all written. A group that was there before the block is left alone.
+    """
+    joined_here = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (dist.is_available() and dist.is_initialized())
+    here, device = init_from_environment(device)
+    try:
+        yield here, device
+    finally:
+        if joined_here and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def barrier() -> None:

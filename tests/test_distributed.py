@@ -25,6 +25,7 @@ import torch.multiprocessing as mp
 
 from cxrbench.benchmark.pretraining.loop import StepRunner, TrainingOptions
 from cxrbench.benchmark.profiles import load_profile, method_hyperparameters
+from cxrbench.distributed import process_group_from_environment
 from cxrbench.methods import available_methods, get_method
 
 GLOBAL_BATCH, IMAGE_SIZE, STEPS, PROCESSES = 8, 64, 2, 2
@@ -72,6 +73,38 @@ def _worker(rank: int, init_file: str, views_file: str, out_file: str) -> None:
             torch.save(losses, out_file)
     finally:
         dist.destroy_process_group()
+
+
+def _leaving_worker(rank: int, port: int, out_dir: str) -> None:
+    """Joins the group torchrun would describe, inside ``process_group_from_environment``."""
+    os.environ.update(WORLD_SIZE=str(PROCESSES), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    total = torch.ones(1)
+    try:
+        with process_group_from_environment(torch.device("cpu")) as (world, _):
+            dist.all_reduce(total)
+            inside = dist.is_initialized() and world.size == PROCESSES
+            if rank == 1:
+                raise RuntimeError("a failing rank leaves the group too")
+    except RuntimeError:
+        pass
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(
+        {"inside": inside, "sum": total.item(), "after": dist.is_initialized()}))
+
+
+def test_a_run_leaves_the_process_group_it_joined(tmp_path):
+    """Each rank destroys the gloo group it joined before its interpreter ends, also when it
+    fails: left to interpreter exit, gloo's teardown can abort a finished rank (SIGABRT, seen
+    once in CI in test_torchrun_pretrains_once...)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_leaving_worker, args=(port, str(tmp_path)), nprocs=PROCESSES, join=True)
+    for rank in range(PROCESSES):
+        state = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert state == {"inside": True, "sum": float(PROCESSES), "after": False}, (rank, state)
 
 
 @pytest.fixture(scope="module")

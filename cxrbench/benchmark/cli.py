@@ -223,18 +223,23 @@ class ResolvedRun:
 
 def command_run(args) -> int:
     """Resolve, plan, execute, summarise."""
-    from cxrbench.benchmark.plan import RunPlan, grid_cells
-    from cxrbench.benchmark.runner import Runner
-    from cxrbench.distributed import init_from_environment
+    from cxrbench.distributed import process_group_from_environment
     from cxrbench.distributed import world as current_world
 
     _check_device_name(args.device)  # before anything is printed or written
     run = _resolve_run(args)
     if args.executor == "slurm":
         # this process only submits; each job resolves --device on its own node
-        world, device = current_world(), _device("cpu")
-    else:
-        world, device = init_from_environment(_device(args.device))
+        return _plan_and_execute(args, run, current_world(), _device("cpu"))
+    with process_group_from_environment(_device(args.device)) as (world, device):
+        return _plan_and_execute(args, run, world, device)
+
+
+def _plan_and_execute(args, run: ResolvedRun, world, device) -> int:
+    """The cells planned, announced and run; rank 0 alone writes the plan and the summary."""
+    from cxrbench.benchmark.plan import RunPlan, grid_cells
+    from cxrbench.benchmark.runner import Runner
+
     cells = [cell for protocol, datasets in run.datasets_by_protocol.items()
              for cell in grid_cells(run.methods, datasets, [protocol], run.fractions, run.seeds)]
     plan = RunPlan.for_cells(cells, run.config)

@@ -69,15 +69,16 @@ def process_group_from_environment(device: torch.device):
     A gloo process that ends without ``destroy_process_group`` can abort at interpreter exit
     (SIGABRT, "terminate called without an active exception": gloo's threads still hold
     tensors while Python is torn down; pytorch/pytorch#190489), and torchrun then fails a run
-    whose records were all written. A group that was there before the block is left alone.
+    whose records were all written. Only a block that ends normally leaves the group: NCCL's
+    destroy waits for the other ranks, so a rank that raised while they wait in a collective
+    would hang there instead of exiting and letting torchrun end them. A group that was there
+    before the block is left alone.
     """
-    joined_here = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (dist.is_available() and dist.is_initialized())
+    was_initialised = dist.is_available() and dist.is_initialized()
     here, device = init_from_environment(device)
-    try:
-        yield here, device
-    finally:
-        if joined_here and dist.is_initialized():
-            dist.destroy_process_group()
+    yield here, device
+    if not was_initialised and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -126,20 +126,23 @@ def test_a_cell_of_several_seeds_is_significant_only_when_every_seed_is(tmp_path
 
 
 def test_the_caption_says_which_arrows_rest_on_one_seed(tmp_path):
-    """An arrow from one seed compares two trained networks; the caption says so, and only then."""
+    """An arrow from one seed compares two trained networks; the caption says so, counting the
+    seeds the test used (those both rows have), and says nothing once two seeds agree."""
     from cxrbench.reports.tables import significance_sentence
+
+    def caption() -> tuple[str, bool]:
+        records = load_records(tmp_path)
+        table = mark_significance(layout(summarise(records, "frozen")), records, tmp_path, "frozen")
+        return significance_sentence(table), table.cells[("Good", table.columns[0])].significant
 
     write_cell(tmp_path, "sup1", scores_with_signal(0.3, 50), baseline=True, display="Sup.1")
     write_cell(tmp_path, "good", scores_with_signal(2.0, 51), display="Good")
-    records = load_records(tmp_path)
-    table = mark_significance(layout(summarise(records, "frozen")), records, tmp_path, "frozen")
-    assert "1 of the arrows rest on one seed" in significance_sentence(table)
+    assert "The arrow rests on one seed" in caption()[0]
+    write_cell(tmp_path, "good", scores_with_signal(2.0, 53), display="Good", seed=1)  # the baseline has seed 0 only
+    assert "The arrow rests on one seed" in caption()[0]
     write_cell(tmp_path, "sup1", scores_with_signal(0.3, 52), baseline=True, display="Sup.1", seed=1)
-    write_cell(tmp_path, "good", scores_with_signal(2.0, 53), display="Good", seed=1)
-    records = load_records(tmp_path)
-    table = mark_significance(layout(summarise(records, "frozen")), records, tmp_path, "frozen")
-    assert table.cells[("Good", table.columns[0])].significant  # every seed agrees: the arrow stays
-    assert "one seed" not in significance_sentence(table)
+    text, significant = caption()
+    assert significant and "one seed" not in text  # every seed agrees: the arrow stays, unqualified
 
 
 def test_the_learning_check_flags_a_method_that_did_not_learn(tmp_path):

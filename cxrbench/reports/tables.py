@@ -149,6 +149,7 @@ class Cell:
     best: bool = False  # bold: the column's best, or not significantly below it
     significant: bool = False  # the delta passed the paired test (Holm over the table's cells)
     tested: bool = False  # a paired test was possible (predictions of both cells on the same images)
+    tested_seeds: int = 0  # the seeds both cells have, which the test against the baseline used
     low: float | None = None  # x 100: the lowest bootstrap bound over the cell's seeds
     high: float | None = None  # x 100: the highest
 
@@ -293,29 +294,29 @@ def mark_significance(table: Table, records: pd.DataFrame, results_dir: Path, pr
     subset = records[records["protocol"] == protocol]
     files = {(r.method, r.dataset, r.label_fraction, r.seed): r.record_file for r in subset.itertuples()}
 
-    def cell_test(method_a: str, method_b: str, column) -> tuple[float, float]:
-        """(p-value over the seeds, sign of the tested difference a - b)."""
+    def cell_test(method_a: str, method_b: str, column) -> tuple[float, float, int]:
+        """(p-value over the seeds, sign of the tested difference a - b, the seeds both have)."""
         seeds = sorted(seed for (m, d, f, seed) in files if m == method_a and (d, f) == column
                        and (method_b, d, f, seed) in files)
         differences, p_values = [], []
         for seed in seeds:
             test = comparisons.exact_test_between(results_dir, files[(method_a,) + column + (seed,)], files[(method_b,) + column + (seed,)])
             if test is None:
-                return float("nan"), 0.0
+                return float("nan"), 0.0, 0
             differences.append(test.difference)
             p_values.append(test.p_value)
-        return _combine_seeds(differences, p_values), float(np.sign(np.mean(differences))) if differences else 0.0
+        return _combine_seeds(differences, p_values), float(np.sign(np.mean(differences))) if differences else 0.0, len(seeds)
 
     testable = False
     # deltas to the baseline: one family, the table's cells
     if table.baseline is not None:
         tested = [(label, column) for (label, column), cell in table.cells.items() if cell.delta is not None]
         results = [cell_test(table.methods[label], table.baseline, column) for label, column in tested]
-        p_values = [p for p, _ in results]
+        p_values = [p for p, _, _ in results]
         testable |= any(p == p for p in p_values)
-        for (label, column), (p_value, sign), reject in zip(tested, results, holm_reject(p_values, alpha)):
+        for (label, column), (p_value, sign, seeds), reject in zip(tested, results, holm_reject(p_values, alpha)):
             cell = table.cells[(label, column)]
-            cell.tested = p_value == p_value
+            cell.tested, cell.tested_seeds = p_value == p_value, seeds
             # the arrow follows the printed delta: only where the test's difference points the same way
             # (the test leaves out classes with a single positive, which the printed mean keeps)
             cell.significant = reject and sign == np.sign(round(cell.delta, 1))
@@ -327,9 +328,9 @@ def mark_significance(table: Table, records: pd.DataFrame, results_dir: Path, pr
         best_label, best_cell = max(present, key=lambda item: item[1].mean)
         others = [(label, cell) for label, cell in present if label != best_label]
         results = [cell_test(table.methods[best_label], table.methods[label], column) for label, _ in others]
-        p_values = [p for p, _ in results]
+        p_values = [p for p, _, _ in results]
         testable |= any(p == p for p in p_values)
-        for (_, cell), (p_value, sign), reject in zip(others, results, holm_reject(p_values, alpha)):
+        for (_, cell), (p_value, sign, _), reject in zip(others, results, holm_reject(p_values, alpha)):
             # bold unless significantly below the best; untestable: not claimed tied
             cell.best = not np.isnan(p_value) and not (reject and sign > 0)
         best_cell.best = True
@@ -349,7 +350,7 @@ def significance_sentence(table: Table) -> str:
         return ("Bold: each column's best and every row not significantly below it (paired DeLong test of mean "
                 "AUROC, or paired t-test of per-image Dice; Holm within the column at 5 %).")
     untested = f" ({len(deltas) - tested} could not be tested: no stored predictions)" if tested < len(deltas) else ""
-    return (f"{significant} of {len(deltas)} cells differ significantly from the baseline row (arrows; paired DeLong "
+    return (f"{significant} of {len(deltas)} cells {'differs' if significant == 1 else 'differ'} significantly from the baseline row (arrows; paired DeLong "
             f"test of mean AUROC, or paired t-test of per-image Dice, on the same test images; Holm-corrected over "
             f"the {tested} tested cells at 5 %{untested}; with several seeds a cell counts only when every seed's test "
             f"does). Other deltas are printed without an arrow. Bold: each column's best and every row not "
@@ -359,13 +360,17 @@ def significance_sentence(table: Table) -> str:
 def _one_seed_note(deltas: list[Cell]) -> str:
     # a test on the test images sees how the two trained networks differ, not how far training
     # again moves them: in the standard profile's segmentation, 12 of 24 cells were significant
-    # with seed 0 alone and none in every one of seeds 0-2 (README, "one seed against three")
-    single = sum(cell.significant and cell.seeds == 1 for cell in deltas)
+    # with seed 0 alone and none of the 21 with seeds 0-2 in all three (README, "one seed against three")
+    arrows = sum(cell.significant for cell in deltas)
+    single = sum(cell.significant and cell.tested_seeds == 1 for cell in deltas)
     if not single:
         return ""
-    return (f" {single} of the arrows rest on one seed: its test compares two trained networks on the same test images "
-            f"and cannot see how far training again with another seed moves a cell, which can be larger than the "
-            f"differences; read such an arrow as these networks' difference, not the methods', until more --seeds agree.")
+    which = f"All {arrows} arrows rest" if single == arrows else f"{single} of the {arrows} arrows rest"
+    if arrows == 1:
+        which = "The arrow rests"
+    return (f" {which} on one seed: a test on the test images compares two trained networks and cannot see how far "
+            f"training again with another seed moves a cell, which can be larger than the differences; read such an "
+            f"arrow as these networks' difference, not the methods', until more seeds agree.")
 
 
 def build_table(records: pd.DataFrame, protocol: str, metric: str = "mean_auroc", baseline: str | None = None):

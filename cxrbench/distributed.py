@@ -64,7 +64,7 @@ def init_from_environment(device: torch.device) -> tuple[World, torch.device]:
 
 @contextlib.contextmanager
 def process_group_from_environment(device: torch.device):
-    """``init_from_environment`` for a ``with`` block, which leaves the group it joined on the way out.
+    """``init_from_environment`` for a ``with`` block; a block that ends normally leaves the group it joined.
 
     A gloo process that ends without ``destroy_process_group`` can abort at interpreter exit
     (SIGABRT, "terminate called without an active exception": gloo's threads still hold

@@ -64,19 +64,16 @@ def pretraining_job(config: RunConfig, out_dir: str, device: str, threads: int, 
     submitit tells each task its rank and the first host, exported as torchrun would.
     """
     import submitit
-    import torch.distributed as dist
 
-    from cxrbench.distributed import init_from_environment
+    from cxrbench.distributed import process_group_from_environment
 
     torch_device = _job_device(device, threads)
+    group = contextlib.nullcontext((None, torch_device))
     if submitit.JobEnvironment().num_tasks > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        _, torch_device = init_from_environment(torch_device)
-    try:
+        group = process_group_from_environment(torch_device)
+    with group as (_, torch_device):
         Runner(config, Path(out_dir), torch_device, echo=print).pretrained_encoder(method)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     return method
 
 

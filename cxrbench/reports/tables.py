@@ -365,9 +365,8 @@ def _one_seed_note(deltas: list[Cell]) -> str:
     single = sum(cell.significant and cell.tested_seeds == 1 for cell in deltas)
     if not single:
         return ""
-    which = f"All {arrows} arrows rest" if single == arrows else f"{single} of the {arrows} arrows rest"
-    if arrows == 1:
-        which = "The arrow rests"
+    which = ("The arrow rests" if arrows == 1 else f"All {arrows} arrows rest" if single == arrows
+             else f"{single} of the {arrows} arrows rest")
     return (f" {which} on one seed: a test on the test images compares two trained networks and cannot see how far "
             f"training again with another seed moves a cell, which can be larger than the differences; read such an "
             f"arrow as these networks' difference, not the methods', until more seeds agree.")
